@@ -1,0 +1,1 @@
+"""Data: readers for chat/preference/text formats, converters of named datasets, cleaning, caching."""

@@ -1,0 +1,1 @@
+"""Export: merge adapters, quantize, write GGUF, checksums."""

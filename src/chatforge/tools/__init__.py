@@ -1,0 +1,1 @@
+"""Tools a chat model can call (e.g. the CrossWOZ hotel search)."""

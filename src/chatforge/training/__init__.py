@@ -1,0 +1,1 @@
+"""Training: the explicit training loop, packing, losses, adapters, checkpoints and resume."""
