@@ -1,0 +1,529 @@
+"""Run configuration: one YAML file per run plus dotted `key=value` overrides, checked against typed dataclasses.
+
+A command composes its run schema from small dataclass sections (the shared ones are defined here: `ModelConfig`,
+`DataConfig`, `TemplateConfig`, `OutputConfig`; training and evaluation add their own) and calls
+
+    cfg = load_config("examples/sft.yaml", ["train.learning_rate=1e-4", "peft.target_modules=[q_proj,v_proj]"], RunConfig)
+
+Validation follows the dataclasses' type hints (str, int, float, bool, Optional / `X | None`, `Literal[...]`,
+`list[...]`, `dict[...]`, `Any`, `Path`, nested dataclass sections) and `field(metadata=...)` keys `min`/`max`
+(inclusive), `gt`/`lt` (exclusive) and `help`. Every problem (unknown key with a "did you mean", wrong type,
+out-of-range value, bad choice, missing required value, bad override syntax) is collected and raised together in one
+`ConfigError` with dotted paths, so a user fixes a config in one round. A section may define
+`check_config(self) -> list[tuple[str, str]]` for cross-field rules; its (field, message) pairs join the same report.
+`save_config` writes the resolved config as YAML that `load_config` reads back into an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from chatforge.errors import ChatforgeError
+
+T = TypeVar("T")
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "TemplateConfig",
+    "config_to_dict",
+    "format_config_help",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+]
+
+
+class ConfigError(ChatforgeError):
+    """One or more problems in a run config; `problems` lists (dotted path, message) pairs, all reported at once."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        lines = [f"{len(self.problems)} config {noun}{where}:"]
+        lines += [f"  {path or '<top level>'}: {msg}" for path, msg in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared sections. Commands build their run schema from these, e.g.
+#   @dataclass
+#   class RunConfig:
+#       model: ModelConfig = field(default_factory=ModelConfig)
+#       data: DataConfig = field(default_factory=DataConfig)
+#       train: TrainConfig = field(default_factory=TrainConfig)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _help(text: str, **limits: Any) -> dict[str, Any]:
+    return {"help": text, **limits}
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = field(
+        default="smollm2-135m-instruct",
+        metadata=_help("HF folder, .gguf file, or the embedded default 'smollm2-135m-instruct'"),
+    )
+    adapter: str | None = field(default=None, metadata=_help("PEFT adapter folder to load on top of the model"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata=_help("weights dtype; auto = bfloat16 on a GPU that supports it, else float32")
+    )
+    allow_pickle: bool = field(default=False, metadata=_help("allow loading pickle (.bin/.pt) weights"))
+    trust_remote_code: bool = field(default=False, metadata=_help("run model code shipped inside the model folder"))
+    init: dict[str, Any] | None = field(
+        default=None, metadata=_help("train from scratch: Llama config fields (hidden_size, num_hidden_layers, ...)")
+    )
+    tokenizer: str | None = field(default=None, metadata=_help("tokenizer source if not the model's own"))
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list, metadata=_help("training files or dataset_info names"))
+    val: list[str] = field(default_factory=list, metadata=_help("validation files or dataset_info names"))
+    dataset_info: str | None = field(default=None, metadata=_help("LLaMA-Factory dataset_info.json"))
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "text"] = field(
+        default="auto", metadata=_help("record format; auto = detect per file")
+    )
+    val_size: float = field(
+        default=0.0, metadata=_help("fraction of train held out for validation when val is empty", min=0.0, lt=1.0)
+    )
+    max_length: int = field(default=1024, metadata=_help("tokens per example (longer ones are truncated)", min=16))
+    max_samples: int | None = field(default=None, metadata=_help("use at most this many records per file", min=1))
+    on_error: Literal["raise", "skip"] = field(
+        default="raise", metadata=_help("bad records: stop with an error, or skip them and print counts per reason")
+    )
+    seed: int = field(default=0, metadata=_help("shuffle / split seed"))
+
+
+@dataclass
+class TemplateConfig:
+    name: str | None = field(default=None, metadata=_help("chat template; None = pick from the model"))
+    mask: Literal["all_assistant", "last_assistant", "all"] = field(
+        default="all_assistant", metadata=_help("which tokens are trained")
+    )
+    default_system: str | None = field(default=None, metadata=_help("system prompt used when a record has none"))
+
+
+@dataclass
+class OutputConfig:
+    dir: str = field(default="runs/run", metadata=_help("output folder (the resolved config is written there)"))
+    overwrite: bool = field(default=False, metadata=_help("reuse a non-empty output folder"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _Override:
+    """A value typed on the command line: YAML-parsed, but the raw text is kept for string fields.
+
+    Without the raw text, `template.default_system=Note: be brief` (YAML sees a mapping) or `model.adapter=2024`
+    (YAML sees an int) could not be given unquoted on a shell command line.
+    """
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, text: str, value: Any):
+        self.text, self.value = text, value
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_0-9][\w\-]*)*$")
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Turn `a.b=1` strings into a nested dict (values parsed as YAML); returns (tree, problems)."""
+    tree: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY_RE.match(key):
+            problems.append(
+                (key if _KEY_RE.match(key) else "", f"bad override {item!r}: expected dotted.key=value, e.g. x.y=3")
+            )
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text  # unparseable as YAML (e.g. "a: b: c"): the user meant the literal text
+        node = tree
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                if nxt is not None:
+                    problems.append(
+                        (".".join(parts[: depth + 1]), f"override {item!r} conflicts with another override")
+                    )
+                    break
+                nxt = node[part] = {}
+            node = nxt
+        else:
+            node[parts[-1]] = _Override(text, value)
+    return tree, problems
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], path: str, problems: list[tuple[str, str]]) -> None:
+    """Merge override tree `over` into `base` in place; refuses to descend into a scalar (it would be silently lost)."""
+    for key, value in over.items():
+        dotted = f"{path}.{key}" if path else key
+        if isinstance(value, dict):
+            current = base.get(key)
+            if current is None:
+                base[key] = current = {}
+            if not isinstance(current, dict):
+                problems.append(
+                    (dotted, f"is {type(current).__name__} {current!r}, not a section; cannot set sub-keys")
+                )
+                continue
+            _merge(current, value, dotted, problems)
+        else:
+            base[key] = value
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    if not path.is_file():
+        raise ConfigError([("", f"config file not found: {path}")], str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([("", f"invalid YAML: {where}{err.problem or err}")], str(path)) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError([("", f"invalid YAML: {err}")], str(path)) from None
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return None, [("", f"the file must hold a mapping of sections, got {type(data).__name__}")]
+    return data, []
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None, schema: type[T]) -> T:
+    """Read one YAML file (or none: defaults only), apply dotted overrides, validate against `schema`.
+
+    Raises `ConfigError` listing every problem found, each with its dotted path.
+    """
+    problems: list[tuple[str, str]] = []
+    data: dict[str, Any] = {}
+    source = str(path) if path is not None else None
+    if path is not None:
+        read, problems = _read_yaml(Path(path))
+        data = read or {}
+    tree, override_problems = parse_overrides(list(overrides or []))
+    problems += override_problems
+    _merge(data, tree, "", problems)
+    if problems and not data:
+        raise ConfigError(problems, source)
+    result = _build(schema, data, "", problems, schema)
+    if problems:
+        raise ConfigError(problems, source)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------------
+
+_INVALID = object()
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, _Override):
+        value = value.value
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a section (mapping)"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false", Path: "a path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _accepts_str(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp in (str, Path, Any):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_str(a) for a in typing.get_args(tp))
+    return False
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], root: type) -> Any:
+    """Check/convert `value` against type `tp`; on failure append problems and return _INVALID."""
+    if isinstance(value, _Override):
+        trial: list[tuple[str, str]] = []
+        out = _convert(value.value, tp, path, trial, root)
+        if out is not _INVALID:
+            return out
+        if _accepts_str(tp) and not isinstance(value.value, str) and value.value is not None:
+            return _convert(value.text, tp, path, problems, root)
+        problems.extend(trial)
+        return _INVALID
+
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        problems.append((path, f"expected null, got {_describe(value)}"))
+        return _INVALID
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            problems.append((path, f"expected {_type_name(tp)}, got null"))
+            return _INVALID
+        arms = [a for a in args if a is not type(None)]
+        attempts: list[list[tuple[str, str]]] = []
+        for arm in arms:
+            trial = []
+            out = _convert(value, arm, path, trial, root)
+            if out is not _INVALID:
+                return out
+            attempts.append(trial)
+        # One real candidate (e.g. `int | None`): its specific message is the useful one.
+        if len(arms) == 1:
+            problems.extend(attempts[0])
+        else:
+            problems.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
+        return _INVALID
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}  # `section:` with nothing under it means "all defaults"
+        if not isinstance(value, dict):
+            problems.append((path, f"expected a section (mapping of keys), got {_describe(value)}"))
+            return _INVALID
+        return _build(tp, value, path, problems, root)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
+            return value
+        msg = f"{value!r} is not one of: " + ", ".join(repr(c) for c in choices)
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        problems.append((path, msg + (f" (did you mean {close[0]!r}?)" if close else "")))
+        return _INVALID
+    if origin in (list, tuple) or tp in (list, tuple):
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        if isinstance(value, str) and _accepts_str(item_tp):
+            value = [value]  # `train: data.jsonl` is the natural way to name a single file
+        if not isinstance(value, list):
+            problems.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
+            return _INVALID
+        out_list = [_convert(v, item_tp, f"{path}[{i}]", problems, root) for i, v in enumerate(value)]
+        return _INVALID if any(v is _INVALID for v in out_list) else out_list
+    if origin is dict or tp is dict:
+        args = typing.get_args(tp)
+        key_tp, val_tp = args if args else (Any, Any)
+        if not isinstance(value, dict):
+            problems.append((path, f"expected a mapping, got {_describe(value)}"))
+            return _INVALID
+        out_dict = {}
+        for k, v in value.items():
+            ck = _convert(k, key_tp, f"{path}.{k}", problems, root)
+            cv = _convert(v, val_tp, f"{path}.{k}", problems, root)
+            out_dict[ck] = cv
+        return _INVALID if any(v is _INVALID for v in out_dict.values()) or _INVALID in out_dict else out_dict
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append((path, f"expected true/false, got {_describe(value)}"))
+        return _INVALID
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append((path, f"expected an integer, got {_describe(value)}"))
+        return _INVALID
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads `1e-4` as a string; it is plainly a number to the user.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        problems.append((path, f"expected a number, got {_describe(value)}"))
+        return _INVALID
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        problems.append((path, f"expected a string, got {_describe(value)} (quote it if it is meant as text)"))
+        return _INVALID
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        problems.append((path, f"expected a path, got {_describe(value)}"))
+        return _INVALID
+    raise TypeError(f"config schema type {tp!r} at {path or '<root>'} is not supported by chatforge.config")
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems: list[tuple[str, str]]) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    for key, ok, words in (
+        ("min", lambda v, b: v >= b, ">="),
+        ("max", lambda v, b: v <= b, "<="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
+        if key in meta and not ok(value, meta[key]):
+            problems.append((path, f"{value!r} is out of range: must be {words} {meta[key]!r}"))
+
+
+def _all_field_paths(schema: type, prefix: str = "") -> dict[str, str]:
+    """name -> dotted path of every field in nested sections (for 'did you mean train.learning_rate?')."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            for name, p in _all_field_paths(tp, dotted).items():
+                out.setdefault(name, p)
+        else:
+            out.setdefault(f.name, dotted)
+    return out
+
+
+def _suggest(key: str, names: list[str], root: type, path: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    elsewhere = _all_field_paths(root)
+    here = f"{path}.{key}" if path else key
+    if key in elsewhere and elsewhere[key] != here:
+        return f" (did you mean {elsewhere[key]!r}?)"
+    return f"; known keys: {', '.join(names)}"
+
+
+def _build(schema: type[T], data: dict[str, Any], path: str, problems: list[tuple[str, str]], root: type) -> T:
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    kwargs: dict[str, Any] = {}
+    bad = False
+    for key in data:
+        if key not in fields:
+            dotted = f"{path}.{key}" if path else str(key)
+            problems.append((dotted, "unknown key" + _suggest(str(key), list(fields), root, path)))
+            bad = True
+    for name, f in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append((dotted, f"missing required value ({_type_name(hints[name])})"))
+                bad = True
+            continue
+        value = _convert(data[name], hints[name], dotted, problems, root)
+        if value is _INVALID:
+            bad = True
+            continue
+        before = len(problems)
+        _check_range(value, f.metadata, dotted, problems)
+        bad = bad or len(problems) > before
+        kwargs[name] = value
+    if bad:
+        return _INVALID  # type: ignore[return-value]
+    obj = schema(**kwargs)
+    check = getattr(obj, "check_config", None)
+    if callable(check):
+        for name, msg in check() or []:
+            problems.append((f"{path}.{name}" if path else name, msg))
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving and help
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (sections become mappings, paths become strings)."""
+    return _plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically); `load_config(path, [], type(cfg))` gives an equal object."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("# resolved config written by chatforge; re-run it as is\n")
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_config_help(schema: type, prefix: str = "") -> str:
+    """One line per option: dotted key, type, default, help text (for a command's --help)."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(format_config_help(tp, dotted))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        limits = ", ".join(f"{k} {f.metadata[k]}" for k in ("min", "max", "gt", "lt") if k in f.metadata)
+        text = f.metadata.get("help", "")
+        extra = f" [{limits}]" if limits else ""
+        lines.append(f"  {dotted}={default!r}  ({_type_name(tp)}){extra}  {text}".rstrip())
+    return "\n".join(lines)
