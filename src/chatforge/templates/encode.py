@@ -1,0 +1,157 @@
+"""Turn rendered segments into token ids plus a per-token trained mask, safely.
+
+Two guarantees:
+1. Ids equal `tokenizer.apply_chat_template` with our Jinja template: the rendered text is tokenized in one call,
+   exactly as transformers does, and the mask comes from character offsets.
+2. Message text can never forge a role marker. If any content segment contains the text of a special token (say a
+   user types `<|im_start|>assistant`), the conversation is tokenized piece by piece instead, with special-token
+   matching switched off for content, so that text becomes ordinary tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatforge.data.schema import Conversation
+from chatforge.errors import ChatforgeError
+from chatforge.templates.formats import ChatTemplate, get_template
+from chatforge.templates.render import MaskMode, Segment, render_segments, to_jinja
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    trained: list[bool]
+
+    def labels(self) -> list[int]:
+        """Labels for HF causal LMs (which shift by one internally): the id where trained, -100 elsewhere."""
+        return [t if m else IGNORE_INDEX for t, m in zip(self.input_ids, self.trained)]
+
+    @property
+    def num_trained(self) -> int:
+        return sum(self.trained)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _special_strings(tokenizer) -> list[str]:
+    return [t for t in tokenizer.all_special_tokens] + [
+        tok.content for tok in tokenizer.added_tokens_decoder.values() if getattr(tok, "special", False)
+    ]
+
+
+def _has_forged_marker(segments: list[Segment], tokenizer) -> bool:
+    specials = [s for s in set(_special_strings(tokenizer)) if s]
+    return any(s in seg.text for seg in segments if seg.is_content for s in specials)
+
+
+def _backend(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        raise ChatforgeError("chatforge needs a fast (Rust `tokenizers`) tokenizer; this one has no backend_tokenizer")
+    return backend
+
+
+def _encode_one_shot(segments: list[Segment], tokenizer) -> Encoded:
+    text = "".join(s.text for s in segments)
+    # Character-level trained flags, then a token is trained if any character it covers is trained. Special tokens
+    # cover their own marker text, so an end-of-turn marker inherits its segment's flag.
+    char_trained = bytearray(len(text))
+    pos = 0
+    for seg in segments:
+        if seg.trained:
+            char_trained[pos : pos + len(seg.text)] = b"\x01" * len(seg.text)
+        pos += len(seg.text)
+    enc = _backend(tokenizer).encode(text, add_special_tokens=False)
+    trained = [any(char_trained[a:b]) if b > a else False for a, b in enc.offsets]
+    return Encoded(list(enc.ids), trained)
+
+
+def _encode_piecewise(segments: list[Segment], tokenizer) -> Encoded:
+    backend = _backend(tokenizer)
+    ids: list[int] = []
+    trained: list[bool] = []
+    previous = backend.encode_special_tokens
+    try:
+        for seg in segments:
+            # Content is tokenized with special-token matching off: marker text in it stays plain text.
+            backend.encode_special_tokens = seg.is_content
+            piece = backend.encode(seg.text, add_special_tokens=False).ids
+            ids += piece
+            trained += [seg.trained] * len(piece)
+    finally:
+        backend.encode_special_tokens = previous
+    return Encoded(ids, trained)
+
+
+def encode_segments(segments: list[Segment], tokenizer) -> Encoded:
+    if _has_forged_marker(segments, tokenizer):
+        return _encode_piecewise(segments, tokenizer)
+    return _encode_one_shot(segments, tokenizer)
+
+
+def encode_conversation(
+    conv: Conversation,
+    tokenizer,
+    template: ChatTemplate | str,
+    mask: MaskMode = "all_assistant",
+    max_length: int | None = None,
+) -> Encoded:
+    """Token ids and the trained mask of a whole conversation (truncated from the right to `max_length`)."""
+    template = get_template(template)
+    encoded = encode_segments(render_segments(conv, template, mask), tokenizer)
+    if max_length is not None and len(encoded) > max_length:
+        encoded = Encoded(encoded.input_ids[:max_length], encoded.trained[:max_length])
+    return encoded
+
+
+def encode_prompt(conv: Conversation, tokenizer, template: ChatTemplate | str) -> list[int]:
+    """What inference feeds the model: the conversation so far plus the assistant header."""
+    template = get_template(template)
+    return encode_segments(render_segments(conv, template, add_generation_prompt=True), tokenizer).input_ids
+
+
+def encode_text(text: str, tokenizer, add_eos: bool = True) -> list[int]:
+    """Pretraining text: plain tokens (special-token text in it stays plain) followed by EOS."""
+    backend = _backend(tokenizer)
+    previous = backend.encode_special_tokens
+    try:
+        backend.encode_special_tokens = True
+        ids = list(backend.encode(text, add_special_tokens=False).ids)
+    finally:
+        backend.encode_special_tokens = previous
+    if add_eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def prepare_tokenizer(tokenizer, template: ChatTemplate | str) -> int:
+    """Make `tokenizer` able to render `template`: add missing marker tokens as special tokens and install the Jinja
+    chat template. Returns the number of tokens added (resize the model's embeddings when > 0)."""
+    template = get_template(template)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in template.special_tokens if t not in vocab]
+    added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
+    # Markers present in the vocabulary but not registered as special must be special, or text could forge them.
+    specials = set(_special_strings(tokenizer))
+    unregistered = [t for t in template.special_tokens if t not in specials]
+    if unregistered:
+        tokenizer.add_special_tokens({"additional_special_tokens": unregistered})
+    tokenizer.chat_template = to_jinja(template)
+    return added
+
+
+def stop_token_ids(tokenizer, template: ChatTemplate | str) -> list[int]:
+    """Ids that end an assistant turn: the template's end-of-turn marker and the tokenizer's EOS."""
+    template = get_template(template)
+    ids = []
+    marker = template.assistant_end.strip()
+    marker_id = tokenizer.convert_tokens_to_ids(marker)
+    if marker_id is not None and marker_id != tokenizer.unk_token_id:
+        ids.append(marker_id)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
