@@ -1,0 +1,187 @@
+"""Atomic training checkpoints: everything needed to continue a run bit-for-bit, or to use the model as it was.
+
+Layout: `<output>/checkpoints/step-000123/` holding `model/` (a PEFT adapter or a full HF model, via
+`save_pretrained`), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch CPU/CUDA generator states), `state.json`
+(step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state) and the marker `COMPLETE`.
+A checkpoint is written into a hidden temporary folder and renamed into place only after the marker is written, so
+a killed process leaves at most a `.tmp-*` folder, which is never picked up and is cleaned on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from chatforge.errors import ChatforgeError
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (by step)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None. Half-written ones (no marker, temp folders) are ignored."""
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def clean_incomplete(output_dir: str | Path) -> list[Path]:
+    """Remove leftovers of interrupted writes/deletes; returns what was removed."""
+    root = checkpoint_root(output_dir)
+    removed = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".tmp-", ".del-")) or (_STEP_DIR.match(child.name) and not is_complete(child)):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    small = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    return small, tensors
+
+
+def _set_rng_state(small: dict, tensors: dict[str, torch.Tensor]) -> None:
+    version, state, gauss = small["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = small["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _fsync_tree(path: Path) -> None:
+    # Data must be on disk before the rename publishes the checkpoint, or a crash could publish empty files.
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep_last: int
+) -> Path:
+    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng_small, rng_tensors = _rng_state()
+    torch.save(rng_tensors, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_small}))
+    _fsync_tree(tmp)
+    (tmp / MARKER).write_text(f"step {step}\n")
+    if final.exists():  # a re-run of the same step (e.g. after resume) replaces the old copy
+        _discard(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        _discard(old)
+    return final
+
+
+def _discard(path: Path) -> None:
+    # Rename first: a half-deleted folder must never look like a checkpoint (its marker may go last).
+    trash = path.parent / f".del-{path.name}-{os.getpid()}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not is_complete(path):
+        raise ChatforgeError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    return Checkpoint(path, json.loads((path / "state.json").read_text()))
+
+
+def restore_model(ckpt: Checkpoint, model) -> None:
+    """Load the trainable weights saved in the checkpoint into `model` (adapter for PEFT models, else all)."""
+    mdir = ckpt.path / "model"
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        weights = load_file(mdir / "adapter_model.safetensors")
+        result = set_peft_model_state_dict(model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ChatforgeError(f"{mdir}: adapter does not match the model: {result.unexpected_keys[:5]}")
+        return
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(mdir.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    # Tied output heads are saved once under the embedding's name; they load through it.
+    tied = {n for n in missing if _is_tied(model, n)}
+    if set(missing) - tied:
+        raise ChatforgeError(f"{mdir}: checkpoint lacks trainable weights {sorted(set(missing) - tied)[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_tied(model, name: str) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(name)
+    return target is not None and any(p is target and n != name for n, p in params.items())
+
+
+def restore_optimizer(ckpt: Checkpoint, optimizer) -> None:
+    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", map_location="cpu", weights_only=True))
+
+
+def restore_scheduler(ckpt: Checkpoint, scheduler) -> None:
+    scheduler.load_state_dict(torch.load(ckpt.path / "scheduler.pt", weights_only=True))
+
+
+def restore_rng(ckpt: Checkpoint) -> None:
+    _set_rng_state(ckpt.state["rng"], torch.load(ckpt.path / "rng.pt", weights_only=True))

@@ -1,0 +1,93 @@
+"""The `chatforge train` run schema: the training and adapter sections, composed with the shared config sections.
+
+A run is one YAML file (plus dotted `key=value` overrides) with the sections `model`, `data`, `template`, `peft`,
+`train` and `output`; `chatforge.config.load_config` validates it against `TrainRunConfig` and reports every problem
+at once. Defaults give a LoRA SFT run on the embedded SmolLM2 model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConfig, load_config
+
+
+@dataclass
+class PeftConfig:
+    """Which parameters train. `finetuning`: full | freeze | lora (other methods raise NotSupportedError)."""
+
+    finetuning: str = field(default="lora", metadata={"help": "full | freeze | lora"})
+    # LoRA (peft). `target_modules: [all-linear]` adapts every linear layer except the output head.
+    r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank"})
+    alpha: float = field(default=32.0, metadata={"min": 0, "help": "LoRA alpha (scale = alpha / r)"})
+    dropout: float = field(default=0.05, metadata={"min": 0, "max": 1, "help": "LoRA dropout"})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA), a peft flag"})
+    modules_to_save: list[str] = field(default_factory=list, metadata={"help": "extra modules trained in full"})
+    # freeze: train only the last (or first) `freeze_layers` decoder layers, plus any `trainable_modules` by name.
+    freeze_layers: int = field(default=2, metadata={"min": 0, "help": "number of decoder layers left trainable"})
+    freeze_side: Literal["last", "first"] = "last"
+    trainable_modules: list[str] = field(
+        default_factory=list, metadata={"help": "parameter-name substrings also trained in freeze mode, e.g. lm_head"}
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. Steps are optimizer steps (one step = `grad_accum` micro-batches)."""
+
+    stage: Literal["sft", "pt"] = "sft"
+    epochs: float = field(default=1.0, metadata={"min": 0})
+    max_steps: int | None = field(default=None, metadata={"min": 1, "help": "overrides epochs when set"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences (or packed rows) per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"min": 1})
+    learning_rate: float = field(default=2e-4, metadata={"min": 0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    adam_beta1: float = field(default=0.9, metadata={"min": 0, "max": 1})
+    adam_beta2: float = field(default=0.999, metadata={"min": 0, "max": 1})
+    adam_eps: float = field(default=1e-8, metadata={"min": 0})
+    fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW where the device supports it"})
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    warmup_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "used when warmup_steps is 0"})
+    max_grad_norm: float = field(default=1.0, metadata={"min": 0, "help": "0 disables clipping"})
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "bf16 = autocast over fp32 weights"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "HF activation checkpointing, all layers"})
+    # Speed switches (chatforge.training.speedups); each turns itself off where it cannot apply (e.g. on CPU).
+    checkpoint_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "share of layers recomputed"})
+    compile_layers: bool = field(default=False, metadata={"help": "torch.compile each decoder layer (CUDA)"})
+    liger: bool = field(default=False, metadata={"help": "Liger RMSNorm/RoPE/SwiGLU kernels (CUDA + liger_kernel)"})
+    seed: int = 0
+    batching: Literal["length_grouped", "packed", "random"] = "length_grouped"
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    num_threads: int | None = field(default=None, metadata={"min": 1, "help": "torch CPU threads"})
+    log_every: int = field(default=1, metadata={"min": 1})
+    eval_every: int = field(default=0, metadata={"min": 0, "help": "validation every N steps; 0 = only at the end"})
+    eval_batch_size: int = field(default=8, metadata={"min": 1})
+    save_every: int = field(default=0, metadata={"min": 0, "help": "checkpoint every N steps; 0 = none"})
+    save_total_limit: int = field(default=2, metadata={"min": 1, "help": "keep the last K checkpoints"})
+    resume: str | None = field(default=None, metadata={"help": "auto | a checkpoint folder | null"})
+    early_stopping_patience: int = field(default=0, metadata={"min": 0, "help": "evals without improvement; 0 = off"})
+    early_stopping_min_delta: float = field(default=0.0, metadata={"min": 0})
+    loss_chunk_size: int = field(default=4096, metadata={"min": 1, "help": "tokens per chunk of the output-head loss"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events when tensorboard is installed"})
+    progress: bool = True
+
+
+@dataclass
+class TrainRunConfig:
+    """Everything one `chatforge train` run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainRunConfig:
+    """Read and validate a training YAML (+ `key=value` overrides); raises ConfigError listing every problem."""
+    return load_config(path, list(overrides or []), TrainRunConfig)

@@ -1,0 +1,157 @@
+"""Training data: read files, encode them with the chat template (SFT) or as raw text (continued pretraining), split
+off a validation set, and plan the batches of each epoch (length-grouped, packed or random) deterministically.
+
+An example is `(input_ids, labels)` with labels -100 on untrained tokens (HF models shift labels internally). Batch
+order is a pure function of (seed, epoch), so a resumed run only needs the epoch and batch index to continue exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from chatforge.data.schema import Conversation, TextDoc
+from chatforge.errors import ChatforgeError, DataError
+
+IGNORE = -100
+Example = tuple[list[int], list[int]]
+
+
+@dataclass
+class TrainData:
+    train: list[Example]
+    val: list[Example]
+    # What happened to the records on the way (truncated, dropped with no trained tokens, skipped by the reader...).
+    stats: Counter = field(default_factory=Counter)
+
+    def fingerprint(self) -> str:
+        """Identifies the encoded training set; a resumed run refuses to continue on different data."""
+        h = hashlib.sha256()
+        for ids, labels in self.train:
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            h.update(np.asarray(labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+
+def read_files(paths: list[str], *, data_cfg) -> tuple[list, Counter]:
+    """All records of the given files (or dataset_info names), with the reader's skip counts."""
+    from chatforge.data.readers import read_records
+
+    records: list = []
+    skipped: Counter = Counter()
+    for path in paths:
+        # Readers detect the format (incl. `.txt` / `{"text": ...}` for pretraining) unless data.format says it.
+        result = read_records(
+            path, format=data_cfg.format, on_error=data_cfg.on_error, dataset_info=data_cfg.dataset_info
+        )
+        recs = list(result.records)
+        if data_cfg.max_samples is not None:
+            recs = recs[: data_cfg.max_samples]
+        records.extend(recs)
+        for reason, n in result.skipped.items():
+            skipped[f"skipped {reason} ({path})"] += n
+    return records, skipped
+
+
+def split_records(records: list, val_size: float, seed: int) -> tuple[list, list]:
+    """Deterministic random hold-out of `val_size` (a fraction) of the records."""
+    if val_size <= 0 or len(records) < 2:
+        return records, []
+    order = np.random.default_rng(seed).permutation(len(records))
+    n_val = max(1, int(round(len(records) * val_size)))
+    val_idx = set(order[:n_val].tolist())
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
+
+
+def encode_sft(records: list, tokenizer, template, *, mask: str, max_length: int, stats: Counter) -> list[Example]:
+    """Encode conversations; over-long ones are truncated (counted), ones left without trained tokens are dropped
+    (counted and reported, never silently)."""
+    from chatforge.templates import encode_conversation
+
+    out: list[Example] = []
+    for i, conv in enumerate(records):
+        if not isinstance(conv, Conversation):
+            source = getattr(conv, "meta", {}).get("file")
+            raise DataError(
+                f"stage sft needs conversations, got {type(conv).__name__} (use train.stage=pt for raw text)",
+                file=source,
+                record=i,
+            )
+        enc = encode_conversation(conv, tokenizer, template, mask=mask)
+        ids, labels = list(enc.input_ids), list(enc.labels())
+        if len(ids) > max_length:
+            stats["truncated to max_length"] += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        # labels[0] is never predicted (nothing precedes it), so it does not count as a trained token.
+        if not any(lab != IGNORE for lab in labels[1:]):
+            stats["dropped: no trained tokens within max_length"] += 1
+            continue
+        out.append((ids, labels))
+    return out
+
+
+def encode_pt(records: list, tokenizer, *, max_length: int, stats: Counter) -> list[Example]:
+    """Encode raw text (text + EOS) and cut long documents into `max_length` blocks; every token trains."""
+    from chatforge.templates import encode_text
+
+    out: list[Example] = []
+    for i, rec in enumerate(records):
+        if isinstance(rec, TextDoc):
+            text = rec.text
+        elif isinstance(rec, Conversation):
+            # Conversations in a pretraining run are trained as their concatenated text.
+            text = "\n\n".join(m.content for m in rec.messages if m.content)
+        else:
+            raise DataError(f"stage pt needs text documents, got {type(rec).__name__}", record=i)
+        ids = list(encode_text(text, tokenizer))
+        if len(ids) > max_length:
+            stats["documents split into max_length blocks"] += 1
+        for start in range(0, len(ids), max_length):
+            block = ids[start : start + max_length]
+            if len(block) >= 2:
+                out.append((block, list(block)))
+    return out
+
+
+def build_data(cfg, tokenizer, template) -> TrainData:
+    """Read, split and encode the configured training (and validation) data."""
+    dcfg, stage = cfg.data, cfg.train.stage
+    if not dcfg.train:
+        raise ChatforgeError("data.train: no training files given")
+    train_recs, stats = read_files(list(dcfg.train), data_cfg=dcfg)
+    if dcfg.val:
+        val_recs, val_skipped = read_files(list(dcfg.val), data_cfg=dcfg)
+        stats.update(val_skipped)
+    else:
+        train_recs, val_recs = split_records(train_recs, dcfg.val_size, dcfg.seed)
+    if stage == "sft":
+        kw = dict(mask=cfg.template.mask, max_length=dcfg.max_length)
+        train = encode_sft(train_recs, tokenizer, template, stats=stats, **kw)
+        val = encode_sft(val_recs, tokenizer, template, stats=stats, **kw)
+    else:
+        train = encode_pt(train_recs, tokenizer, max_length=dcfg.max_length, stats=stats)
+        val = encode_pt(val_recs, tokenizer, max_length=dcfg.max_length, stats=stats)
+    if not train:
+        raise ChatforgeError(f"data.train: no usable training examples ({dict(stats) or 'files are empty'})")
+    return TrainData(train, val, stats)
+
+
+def plan_batches(lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int) -> list[list[int]]:
+    """The batches (lists of unit indices) of one epoch. `length_grouped` sorts by length inside shuffled windows of
+    64 batches so similar lengths share a batch (little padding) while the order stays random."""
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths)).tolist()
+    if mode in ("random", "packed"):
+        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    window = batch_size * 64
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches)).tolist()
+    return [batches[i] for i in order]
