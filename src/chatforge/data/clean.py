@@ -1,0 +1,354 @@
+"""`chatforge data clean`: normalise, mask PII, filter, deduplicate, balance and split a dataset, with a report.
+
+    chatforge data clean --input data.json --output out/ [--config clean.yaml] [dedup.threshold=0.9 ...]
+
+Steps, in order (each can be switched off in the config): normalize -> pii -> empty-message check -> blocklist ->
+length -> language -> exact dedup -> near dedup -> balance -> split. Works on every format `read_records` reads
+(alpaca, sharegpt, openai, preference, text); records are written back as chatforge JSONL (conversations as OpenAI
+`messages`, preference pairs as `messages` + `chosen`/`rejected`, text as `text`). Outputs: `train.jsonl`,
+`val.jsonl`, `test.jsonl` (or `clean.jsonl` without split), `removed.jsonl` (every removed record: index, step,
+reason, the record it duplicates), `report.json` (counts per step and reason, timings, examples) and the resolved
+`clean_config.yaml`. Everything random uses `seed`, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from chatforge.data.cleaning.balance import BalanceConfig, downsample, key_value
+from chatforge.data.cleaning.dedup import DedupConfig, exact_duplicates, near_duplicates
+from chatforge.data.cleaning.filters import (
+    BlocklistConfig,
+    LanguageConfig,
+    LengthConfig,
+    blocklist_reason,
+    compile_blocklist,
+    detect_language,
+    length_reason,
+)
+from chatforge.data.cleaning.normalize import NormalizeConfig, normalize_text
+from chatforge.data.cleaning.pii import PIIConfig, mask_pii
+from chatforge.data.cleaning.split import SplitConfig, stratified_split
+from chatforge.data.schema import Conversation, Message, PreferencePair, TextDoc
+from chatforge.errors import ChatforgeError
+
+Record = Conversation | PreferencePair | TextDoc
+
+
+@dataclass
+class CleanConfig:
+    seed: int = 0
+    format: str = "auto"
+    on_error: Literal["raise", "skip"] = "raise"
+    examples_per_reason: int = field(default=3, metadata={"min": 0})
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
+    length: LengthConfig = field(default_factory=LengthConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def check_config(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.length.unit == "tokens" and not self.length.tokenizer:
+            problems.append(("length.tokenizer", "needed when length.unit is 'tokens' (e.g. smollm2-135m-instruct)"))
+        if len(self.split.names) != len(self.split.ratios):
+            problems.append(("split.ratios", f"give one ratio per name in split.names {self.split.names}"))
+        if any(r < 0 for r in self.split.ratios) or sum(self.split.ratios) <= 0:
+            problems.append(("split.ratios", "ratios must be non-negative and not all zero"))
+        if self.dedup.num_perm & (self.dedup.num_perm - 1):
+            problems.append(("dedup.num_perm", f"must be a power of two, got {self.dedup.num_perm}"))
+        bad = set(self.language.keep) - {"zh", "en", "other"}
+        if bad:
+            problems.append(("language.keep", f"unknown language(s) {sorted(bad)}; use zh, en, other"))
+        bad = set(self.pii.kinds) - {"email", "id_card", "bank_card", "mobile"}
+        if bad:
+            problems.append(("pii.kinds", f"unknown kind(s) {sorted(bad)}; use email, id_card, bank_card, mobile"))
+        return problems
+
+
+# ------------------------------------------------------------------------------------------------ record text access
+
+
+def _messages(rec: Record) -> list[Message]:
+    if isinstance(rec, Conversation):
+        return rec.messages
+    if isinstance(rec, PreferencePair):
+        return [*rec.prompt.messages, rec.chosen, rec.rejected]
+    return []
+
+
+def record_text(rec: Record) -> str:
+    """All the text of a record, one message per line (what filters and dedup look at)."""
+    if isinstance(rec, TextDoc):
+        return rec.text
+    return "\n".join(m.content for m in _messages(rec))
+
+
+def map_texts(rec: Record, fn: Callable[[str], str], *, skip_tool: bool = False) -> None:
+    """Apply `fn` to every text of the record in place (tool observations optionally left as they are)."""
+    if isinstance(rec, TextDoc):
+        rec.text = fn(rec.text)
+        return
+    for m in _messages(rec):
+        if m.content and not (skip_tool and m.role == "tool"):
+            m.content = fn(m.content)
+
+
+def _meta(rec: Record) -> dict[str, Any]:
+    return rec.meta
+
+
+def record_to_dict(rec: Record) -> dict[str, Any]:
+    """The JSON chatforge writes for a record; `read_records` reads it back in the same format."""
+    if isinstance(rec, Conversation):
+        return rec.to_dict()
+    if isinstance(rec, PreferencePair):
+        out: dict[str, Any] = {
+            "messages": [m.to_dict() for m in rec.prompt.messages],
+            "chosen": rec.chosen.to_dict(),
+            "rejected": rec.rejected.to_dict(),
+        }
+        if rec.prompt.tools:
+            out["tools"] = [{"type": "function", "function": t} for t in rec.prompt.tools]
+        meta = {**rec.prompt.meta, **rec.meta}
+        if meta:
+            out["meta"] = meta
+        return out
+    out = {"text": rec.text}
+    if rec.meta:
+        out["meta"] = rec.meta
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class CleanResult:
+    splits: dict[str, list[Record]]
+    removed: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+def _empty_message(rec: Record) -> bool:
+    if isinstance(rec, TextDoc):
+        return not rec.text.strip()
+    return any(m.role in ("user", "assistant") and not m.content.strip() and not m.tool_calls for m in _messages(rec))
+
+
+def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None) -> CleanResult:
+    """Run the pipeline on records (modified in place) and return the splits, the removed list and the report."""
+    steps: list[dict[str, Any]] = []
+    removed: list[dict[str, Any]] = []
+    alive = list(range(len(records)))
+    t_all = time.perf_counter()
+
+    def drop(step: str, reasons: dict[int, str], extra: dict[int, dict] | None = None, seconds: float = 0.0) -> None:
+        nonlocal alive
+        counts = Counter(reasons.values())
+        examples: dict[str, list] = {}
+        for i in sorted(reasons):
+            entry = {"index": i, "step": step, "reason": reasons[i], **((extra or {}).get(i, {}))}
+            entry["text"] = record_text(records[i])[:200]
+            removed.append(entry)
+            ex = examples.setdefault(reasons[i], [])
+            if len(ex) < cfg.examples_per_reason:
+                ex.append(entry)
+        before = len(alive)
+        alive = [i for i in alive if i not in reasons]
+        steps.append(
+            {
+                "step": step,
+                "before": before,
+                "removed": before - len(alive),
+                "after": len(alive),
+                "reasons": dict(counts.most_common()),
+                "examples": examples,
+                "seconds": round(seconds, 3),
+            }
+        )
+
+    # 1. normalisation and 2. PII masking change texts; they remove nothing.
+    for name, enabled, fn_factory, skip_tool in (
+        ("normalize", cfg.normalize.enabled, lambda c: lambda t: normalize_text(t, cfg.normalize, c), True),
+        ("pii", cfg.pii.enabled, lambda c: lambda t: mask_pii(t, cfg.pii, c), False),
+    ):
+        if not enabled:
+            continue
+        t0 = time.perf_counter()
+        counts: Counter = Counter()
+        fn = fn_factory(counts)
+        changed = 0
+        for i in alive:
+            before = record_text(records[i])
+            map_texts(records[i], fn, skip_tool=skip_tool)
+            changed += record_text(records[i]) != before
+        key = "rules" if name == "normalize" else "masked"
+        steps.append(
+            {
+                "step": name,
+                "records_changed": changed,
+                key: dict(counts.most_common()),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+
+    t0 = time.perf_counter()
+    drop("empty", {i: "empty message after normalisation" for i in alive if _empty_message(records[i])}, seconds=0)
+    steps[-1]["seconds"] = round(time.perf_counter() - t0, 3)
+    texts = {i: record_text(records[i]) for i in alive}
+
+    pattern = compile_blocklist(cfg.blocklist)
+    if pattern is not None:
+        t0 = time.perf_counter()
+        reasons = {i: r for i in alive if (r := blocklist_reason(texts[i], pattern))}
+        drop("blocklist", reasons, seconds=time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    if cfg.length.unit == "tokens":
+        if tokenizer is None:
+            from chatforge.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.length.tokenizer)
+        enc = tokenizer([texts[i] for i in alive], add_special_tokens=False)["input_ids"]
+        sizes = dict(zip(alive, (len(e) for e in enc)))
+    else:
+        sizes = {i: len(texts[i]) for i in alive}
+    reasons = {i: r for i in alive if (r := length_reason(sizes[i], cfg.length))}
+    drop("length", reasons, seconds=time.perf_counter() - t0)
+
+    if cfg.language.keep:
+        t0 = time.perf_counter()
+        keep = set(cfg.language.keep)
+        reasons = {}
+        for i in alive:
+            lang = detect_language(texts[i], cfg.language.zh_min_ratio)
+            if lang not in keep:
+                reasons[i] = f"language {lang} not in {sorted(keep)}"
+        drop("language", reasons, seconds=time.perf_counter() - t0)
+
+    if cfg.dedup.exact:
+        t0 = time.perf_counter()
+        # Role-aware key: the same words said by a different speaker are not a duplicate conversation.
+        keys = [json.dumps(record_to_dict(records[i]).get("messages") or texts[i], ensure_ascii=False) for i in alive]
+        dups = exact_duplicates(keys)
+        drop(
+            "exact_dedup",
+            {alive[k]: "exact duplicate" for k in dups},
+            {alive[k]: {"duplicate_of": alive[v]} for k, v in dups.items()},
+            seconds=time.perf_counter() - t0,
+        )
+
+    if cfg.dedup.near:
+        t0 = time.perf_counter()
+        near = near_duplicates([texts[i] for i in alive], cfg.dedup)
+        drop(
+            "near_dedup",
+            {alive[k]: f"near duplicate (Jaccard >= {cfg.dedup.threshold})" for k in near},
+            {alive[k]: {"duplicate_of": alive[j], "jaccard": round(s, 3)} for k, (j, s) in near.items()},
+            seconds=time.perf_counter() - t0,
+        )
+
+    if cfg.balance.key:
+        t0 = time.perf_counter()
+        labels = [key_value(_meta(records[i]), cfg.balance.key) for i in alive]
+        keep_pos, per_class = downsample(labels, cfg.balance, cfg.seed)
+        kept = {alive[k] for k in keep_pos}
+        drop(
+            "balance",
+            {i: f"downsampled class {labels[k]!r} of {cfg.balance.key}" for k, i in enumerate(alive) if i not in kept},
+            seconds=time.perf_counter() - t0,
+        )
+        steps[-1]["classes"] = per_class
+
+    if cfg.split.enabled:
+        labels = [key_value(_meta(records[i]), cfg.split.key) if cfg.split.key else "" for i in alive]
+        parts = stratified_split(labels, cfg.split.ratios, cfg.seed)
+        splits = {name: [records[alive[k]] for k in part] for name, part in zip(cfg.split.names, parts)}
+        split_report: dict[str, Any] = {"key": cfg.split.key, "counts": {n: len(v) for n, v in splits.items()}}
+        if cfg.split.key:
+            split_report["classes"] = {
+                name: dict(Counter(labels[k] for k in part)) for name, part in zip(cfg.split.names, parts)
+            }
+    else:
+        splits = {"clean": [records[i] for i in alive]}
+        split_report = {"counts": {"clean": len(alive)}}
+
+    report = {
+        "records_in": len(records),
+        "records_out": len(alive),
+        "removed_total": len(records) - len(alive),
+        "steps": steps,
+        "split": split_report,
+        "seconds": round(time.perf_counter() - t_all, 3),
+    }
+    return CleanResult(splits, removed, report)
+
+
+def write_outputs(result: CleanResult, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, recs in result.splits.items():
+        with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+            for rec in recs:
+                f.write(json.dumps(record_to_dict(rec), ensure_ascii=False) + "\n")
+    with (out_dir / "removed.jsonl").open("w", encoding="utf-8") as f:
+        for entry in result.removed:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(result.report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="chatforge data clean",
+        description=__doc__.split("\n\n")[0],
+        epilog="Overrides are dotted config keys, e.g. dedup.threshold=0.9 language.keep=[zh] split.key=answerable",
+    )
+    p.add_argument("--input", required=True, action="append", help="data file or folder (repeatable)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--config", help="YAML config (see CleanConfig); defaults apply to everything not given")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    a = p.parse_args(argv)
+    from chatforge.config import load_config, save_config
+    from chatforge.data.readers import read_records
+
+    cfg = load_config(a.config, a.overrides, CleanConfig)
+    t0 = time.perf_counter()
+    records: list[Record] = []
+    skipped: Counter = Counter()
+    for path in a.input:
+        res = read_records(path, format=cfg.format, on_error=cfg.on_error)
+        print(f"{path}: {res.summary()}")
+        records.extend(res.records)
+        skipped.update(res.skipped)
+    if not records:
+        raise ChatforgeError(f"no records read from {', '.join(a.input)}")
+    read_s = time.perf_counter() - t0
+    result = clean_records(records, cfg)
+    result.report = {
+        "inputs": a.input,
+        "skipped_by_reader": dict(skipped),
+        "read_seconds": round(read_s, 3),
+        "seed": cfg.seed,
+        **result.report,
+    }
+    out = Path(a.output)
+    write_outputs(result, out)
+    save_config(cfg, out / "clean_config.yaml")
+    for step in result.report["steps"]:
+        what = step.get("reasons") or step.get("masked") or step.get("rules") or {}
+        n = step.get("removed", step.get("records_changed", 0))
+        verb = "removed" if "removed" in step else "changed"
+        print(f"  {step['step']:<12} {verb} {n:>7}  {json.dumps(what, ensure_ascii=False)[:150]}")
+    counts = result.report["split"]["counts"]
+    print(f"wrote {', '.join(f'{k}: {v}' for k, v in counts.items())} to {out} (report.json, removed.jsonl)")
+    return 0
