@@ -280,6 +280,8 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         + (f"; speedups: {', '.join(speedups)}" if speedups else "")
         + (f"; resumed from {resume_from.path.name}" if resume_from else "")
     )
+    for note, count in data.stats.items():
+        progress.message(f"data: {note}: {count}")
     delay = float(os.environ.get("CHATFORGE_DEBUG_STEP_DELAY", "0") or 0)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
