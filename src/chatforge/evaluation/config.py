@@ -1,0 +1,59 @@
+"""The `chatforge eval` run schema: the `eval` section, composed with the shared model/data/template/output sections.
+
+Evaluation files are `data.val` (files or dataset_info names; `data.format`, `data.on_error`, `data.max_length` apply).
+Every task in `eval.tasks` runs on those files:
+  lm           loss / perplexity / token accuracy on the trained tokens (chat records, mask = `template.mask`) or on
+               every token (raw-text records)
+  generate     the last assistant turn is the reference; BLEU-4 and ROUGE-1/2/L of the generated reply
+  toolcall     every assistant turn is a reference; slot P/R/F1 for tool-call turns, BLEU-4 for text turns
+  grounded_qa  answer-or-refuse: EM / F1 / false refusals on answerable, refusal P/R/F1 on unanswerable questions
+  choice       JSONL of {question, choices, answer}: option log-likelihoods, accuracy with a 95% interval
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConfig, load_config
+
+TaskName = Literal["lm", "generate", "toolcall", "grounded_qa", "choice"]
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how much of it (small defaults keep a CPU run on the embedded model to minutes)."""
+
+    tasks: list[TaskName] = field(default_factory=lambda: ["generate"], metadata={"help": "tasks to run on data.val"})
+    max_samples: int | None = field(
+        default=100, metadata={"help": "items per task (a seeded sample); null = all", "min": 1}
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "generation length limit", "min": 1, "max": 8192})
+    batch_size: int = field(default=16, metadata={"help": "sequences generated / scored together", "min": 1})
+    seed: int = field(default=0, metadata={"help": "seed for the sample of items and few-shot examples"})
+    zh_tokenize: Literal["char", "jieba"] = field(
+        default="char", metadata={"help": "how Chinese text is split for BLEU/ROUGE: characters or jieba words"}
+    )
+    refusal_patterns: list[str] = field(
+        default_factory=list, metadata={"help": "extra regular expressions that mark a reply as a refusal"}
+    )
+    num_fewshot: int = field(
+        default=0, metadata={"help": "choice task: solved examples put before each question", "min": 0}
+    )
+    show_examples: int = field(default=5, metadata={"help": "examples of each error kind shown in report.md", "min": 0})
+    charts: bool = field(default=True, metadata={"help": "write PNG charts beside the report"})
+
+
+@dataclass
+class EvalRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="runs/eval"))
+
+
+def load_eval_config(path: str | Path | None, overrides: list[str] | None = None) -> EvalRunConfig:
+    """Read and validate an eval YAML (+ dotted overrides); every problem is reported in one ConfigError."""
+    return load_config(path, list(overrides or []), EvalRunConfig)
