@@ -30,6 +30,7 @@ class TrainSection:
     bf16: bool = False
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     warmup_ratio: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def test_all_problems_reported_together(tmp_path):
     assert "must be < 1.0" in problems["data.val_size"]
     # wrong types
     assert "expected an integer" in problems["train.epochs"]
-    assert "expected a list of a string" in problems["data.train"]
+    assert "expected a list of strings" in problems["data.train"]
     assert "expected true/false" in problems["output.overwrite"]
     # bad override syntax
     assert sum("bad override" in m for _, m in err.problems) == 2
@@ -185,6 +186,12 @@ def test_override_into_scalar_is_refused():
     assert info.value.problems[0][0] == "output.dir"
 
 
+def test_override_with_broken_list_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.target_modules=[q_proj, v_proj"], Run)
+    assert info.value.problems[0][0] == "train.target_modules" and "invalid YAML" in info.value.problems[0][1]
+
+
 def test_parse_overrides_tree():
     tree, problems = parse_overrides(["a.b=1", "a.c=[x, y]", "d=", "bad key=1"])
     assert problems and "bad override" in problems[0][1]
@@ -201,13 +208,14 @@ def test_save_load_round_trip(tmp_path):
             "template.default_system='123'",
             "model.adapter=007",
             "output.dir=runs/x y",
+            "train.betas=[0.8, 0.95]",
         ],
         Run,
     )
     out = save_config(cfg, tmp_path / "sub" / "config.yaml")
     again = load_config(out, [], Run)
     assert again == cfg
-    assert again.model.adapter == "007"
+    assert again.model.adapter == "007" and again.train.betas == (0.8, 0.95)
     # saving the reloaded config gives the same bytes: the file is a fixed point
     assert save_config(again, tmp_path / "c2.yaml").read_text() == out.read_text()
 

@@ -161,8 +161,11 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[st
             continue
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text  # unparseable as YAML (e.g. "a: b: c"): the user meant the literal text
+        except yaml.YAMLError as err:
+            if text.lstrip()[:1] in ("[", "{"):  # meant as a list/mapping: taking it as text would hide the typo
+                problems.append((key, f"bad override {item!r}: invalid YAML value ({getattr(err, 'problem', err)})"))
+                continue
+            value = text  # e.g. "a: b: c" in a free-text field: the user meant the literal text
         node = tree
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -267,7 +270,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        if not args or args[0] is Any:
+            return "a list"
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "true/false values", Path: "paths"}
+        return f"a list of {plural.get(args[0]) or _type_name(args[0])}"
     if origin is dict or tp is dict:
         return "a mapping"
     return {str: "a string", int: "an integer", float: "a number", bool: "true/false", Path: "a path"}.get(
@@ -349,7 +355,9 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
             problems.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
             return _INVALID
         out_list = [_convert(v, item_tp, f"{path}[{i}]", problems, root) for i, v in enumerate(value)]
-        return _INVALID if any(v is _INVALID for v in out_list) else out_list
+        if any(v is _INVALID for v in out_list):
+            return _INVALID
+        return tuple(out_list) if origin is tuple or tp is tuple else out_list
     if origin is dict or tp is dict:
         args = typing.get_args(tp)
         key_tp, val_tp = args if args else (Any, Any)
