@@ -51,6 +51,19 @@ class NormalizeConfig:
     whitespace: bool = True
 
 
+def _strip_html(text: str) -> str:
+    text = _HTML_TAG.sub("", _HTML_COMMENT.sub("", _HTML_BLOCK.sub("", text)))
+    return _ENTITY.sub(lambda m: html.unescape(m.group(0)), text) if "&" in text else text
+
+
+def _outside_code(text: str, fn) -> str:
+    """Apply `fn` only outside ``` fenced code blocks: HTML or URLs inside code are the content, not noise."""
+    if "```" not in text:
+        return fn(text)
+    parts = text.split("```")
+    return "```".join(fn(p) if k % 2 == 0 else p for k, p in enumerate(parts))
+
+
 def normalize_text(text: str, cfg: NormalizeConfig, counts: Counter | None = None) -> str:
     """Apply the enabled normalisations; `counts` (if given) counts which rule changed something."""
     counts = counts if counts is not None else Counter()
@@ -60,14 +73,12 @@ def normalize_text(text: str, cfg: NormalizeConfig, counts: Counter | None = Non
         counts["control_chars"] += new != text
         text = new
     if cfg.html and ("<" in text or "&" in text):
-        new = _HTML_COMMENT.sub("", _HTML_BLOCK.sub("", text))
-        new = _HTML_TAG.sub("", new)
-        if "&" in new:
-            new = _ENTITY.sub(lambda m: html.unescape(m.group(0)), new)
+        new = _outside_code(text, _strip_html)
         counts["html"] += new != text
         text = new
     if cfg.urls != "keep" and ("://" in text or "www." in text.lower()):
-        new = _URL.sub("" if cfg.urls == "remove" else cfg.url_placeholder, text)
+        placeholder = "" if cfg.urls == "remove" else cfg.url_placeholder
+        new = _outside_code(text, lambda t: _URL.sub(placeholder, t))
         counts["urls"] += new != text
         text = new
     if cfg.width == "half":
