@@ -94,6 +94,7 @@ class Sequence:
         self.text = ""  # the full decoded generation so far (cut at a stop string once one is seen)
         self.emitted = ""  # the prefix of `text` already handed out as deltas
         self.finish_reason: str | None = None
+        self.error: str | None = None  # set when the decode loop failed ('error' finish)
         self.cancelled = threading.Event()
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self.generator = torch.Generator().manual_seed(seed)
