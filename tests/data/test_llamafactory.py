@@ -81,6 +81,9 @@ def test_hub_only_and_missing_entries(tmp_path):
         read_records("images", dataset_info=path)
     with pytest.raises(ChatforgeError, match="not registered.*registered: gone, hub, images, script"):
         read_records("nope", dataset_info=path)
+    plain = tmp_path / "plain.jsonl"  # a file path beside a registry is read as a file
+    plain.write_text('{"text": "x"}\n', encoding="utf-8")
+    assert len(read_records(plain, dataset_info=path)) == 1
 
 
 @pytest.mark.parametrize(

@@ -311,3 +311,31 @@ def test_bad_arguments_to_read_records(tmp_path):
     latin.write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         read_records(latin)
+
+
+def test_what_chatforge_writes_reads_back(tmp_path):
+    """Preference pairs and text docs in chatforge's own JSONL (messages + chosen/rejected messages, meta) round-trip."""
+    pair = {
+        "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}],
+        "chosen": {"role": "assistant", "content": "good"},
+        "rejected": {"role": "assistant", "content": "bad"},
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "meta": {"split": "train"},
+    }
+    (got,) = read_records(write_jsonl(tmp_path / "p.jsonl", [pair])).records
+    assert got.prompt.messages == [Message("system", "S"), Message("user", "Q?")] and got.prompt.tools == [
+        {"name": "f"}
+    ]
+    assert (got.chosen.content, got.rejected.content, got.meta["split"]) == ("good", "bad", "train")
+    (doc,) = read_records(write_jsonl(tmp_path / "t.jsonl", [{"text": "abc", "meta": {"lang": "en"}}])).records
+    assert doc.text == "abc" and doc.meta["lang"] == "en" and doc.meta["line"] == 1
+
+
+def test_a_folder_reads_every_file_with_its_own_format(tmp_path):
+    write_json(tmp_path / "a.json", [ALPACA])
+    write_jsonl(tmp_path / "b.jsonl", [OPENAI_TOOL])
+    (tmp_path / "c.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored: not a data file", encoding="utf-8")
+    recs = read_records(tmp_path).records
+    assert [type(r).__name__ for r in recs] == ["Conversation", "Conversation", "TextDoc", "TextDoc"]
+    assert [Path(r.meta["source"]).name for r in recs] == ["a.json", "b.jsonl", "c.txt", "c.txt"]

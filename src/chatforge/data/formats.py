@@ -467,7 +467,8 @@ def _candidate_after(prompt: list[Message], raw: Any, key: str, layout: Layout) 
 
 def convert_text(rec: dict, layout: Layout) -> TextDoc:
     key = layout.columns["prompt"]
-    return TextDoc(_text(_get(rec, key, required=True), key))
+    meta = dict(rec["meta"]) if isinstance(rec.get("meta"), dict) else {}
+    return TextDoc(_text(_get(rec, key, required=True), key), meta=meta)
 
 
 CONVERTERS = {

@@ -64,7 +64,8 @@ def read_records(
     on_error: str = "raise",
     dataset_info: str | Path | None = None,
 ) -> ReadResult:
-    """Read a data file (or, with `dataset_info`, a dataset registered by name in LLaMA-Factory's dataset_info.json).
+    """Read a data file, a folder (its .json/.jsonl/.txt[.gz] files in name order, each detected on its own), or,
+    with `dataset_info`, a dataset registered by name in LLaMA-Factory's dataset_info.json.
 
     format: "auto" or one of alpaca, sharegpt, openai, preference, text. columns: LLaMA-Factory column keys (prompt,
     query, response, history, messages, system, tools, chosen, rejected, kto_tag) or role tags mapped to the record
@@ -80,15 +81,17 @@ def read_records(
 
         specs = load_dataset_info(dataset_info)
         name = str(path)
-        if name not in specs:
+        if name in specs:
+            spec = specs[name]
+            layout = spec.layout(columns)
+            for file in spec.files():
+                _read_file(file, layout, on_error, result, txt_by="line", meta={"dataset": name})
+            return result
+        if not Path(path).exists():  # a plain path still works beside a registry; anything else is a typo
             raise ChatforgeError(
-                f"dataset {name!r} is not registered in {dataset_info}; registered: {', '.join(sorted(specs))}"
+                f"dataset {name!r} is not registered in {dataset_info} and is no file; "
+                f"registered: {', '.join(sorted(specs))}"
             )
-        spec = specs[name]
-        layout = spec.layout(columns)
-        for file in spec.files():
-            _read_file(file, layout, on_error, result, txt_by="line", meta={"dataset": name})
-        return result
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _ext(p) in EXTENSIONS)
