@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
@@ -75,12 +74,6 @@ def test_show_records_counts_and_kinds(tiny_tok):
     assert "#2" not in limited and "1 of 3 records shown" in limited
 
 
-needs_loading = pytest.mark.skipif(
-    importlib.util.find_spec("chatforge.models.loading") is None, reason="chatforge.models.loading not written yet"
-)
-
-
-@needs_loading
 def test_cli_on_a_saved_tokenizer(tmp_path, tiny_tok, capsys):
     from chatforge.data.show import main
     from chatforge.models.tiny import tiny_llama_config
@@ -97,7 +90,6 @@ def test_cli_on_a_saved_tokenizer(tmp_path, tiny_tok, capsys):
     assert "2 of 3 records shown" in out and "malformed_json: 1" in err
 
 
-@needs_loading
 @pytest.mark.real_model
 @pytest.mark.shared_data
 @pytest.mark.integration
