@@ -78,6 +78,16 @@ def scripted_model(kind: str):
     return model.eval(), tok
 
 
+def endless_model(tok):
+    """A random tiny Llama that can never end a turn (its end-of-turn/EOS logits are pinned far below the rest)."""
+    model = tiny_llama(len(tok))
+    with torch.no_grad():
+        for name in ("<|im_end|>", tok.eos_token):
+            model.lm_head.weight[tok.convert_tokens_to_ids(name)] = 0.0
+        model.lm_head.weight.mul_(50.0)  # random logits spread wide, so 0 is never the maximum in practice
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def plain_model():
     return scripted_model("plain")

@@ -192,6 +192,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.waiting: deque[Sequence] = deque()
         self.running = 0
+        self.peak_running = 0  # the largest batch decoded so far (reported by /health; shows batching happens)
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="chatforge-decode", daemon=True)
 
@@ -212,7 +213,12 @@ class Scheduler:
             self.cond.notify()
 
     def load(self) -> dict:
-        return {"running": self.running, "waiting": len(self.waiting), "max_batch": self.max_batch}
+        return {
+            "running": self.running,
+            "waiting": len(self.waiting),
+            "max_batch": self.max_batch,
+            "peak_running": self.peak_running,
+        }
 
     def _run(self) -> None:
         batch = self.engine.new_batch()
@@ -227,6 +233,7 @@ class Scheduler:
                     return
                 new = [self.waiting.popleft() for _ in range(min(self.max_batch - len(batch), len(self.waiting)))]
                 self.running = len(batch) + len(new)
+                self.peak_running = max(self.peak_running, self.running)
             for s in [s for s in new if s.cancelled.is_set()]:
                 s._finish("cancelled")
             new = [s for s in new if not s.finished]
