@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chatforge.errors import ChatforgeError
+from chatforge.errors import ChatforgeError, NotSupportedError
 from chatforge.training import checkpoint as ckpt_mod
-from chatforge.training.adapters import apply_finetuning
+from chatforge.training.adapters import apply_finetuning, count_parameters
 from chatforge.training.config import TrainRunConfig
 from chatforge.training.dataset import IGNORE, Example, TrainData, build_data, plan_batches
 from chatforge.training.losses import trained_token_loss
@@ -61,59 +61,44 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def _loaders():
-    try:
-        from chatforge.models.loading import default_template_for, load_model, load_tokenizer
-    except ImportError:  # interim until chatforge.models.loading lands: plain local HF folders only
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        def load_tokenizer(spec):
-            return AutoTokenizer.from_pretrained(spec, local_files_only=True)
-
-        def load_model(spec, *, dtype="float32", **_):
-            return AutoModelForCausalLM.from_pretrained(spec, dtype=getattr(torch, dtype), local_files_only=True)
-
-        def default_template_for(_):
-            return "chatml"
-
-    return load_tokenizer, load_model, default_template_for
-
-
 def load_components(cfg: TrainRunConfig):
-    """(model, tokenizer, template): the tokenizer prepared with the template's chat markers, embeddings resized."""
+    """(model, tokenizer, template): the tokenizer prepared with the template's chat markers, embeddings resized.
+    With `model.adapter` set (LoRA only), training continues that adapter instead of starting a new one."""
+    from chatforge.models.loading import build_model_from_init, default_template_for, load_model, load_tokenizer
     from chatforge.templates import get_template, prepare_tokenizer
 
-    load_tokenizer, load_model, default_template_for = _loaders()
     mcfg = cfg.model
-    tok_spec = mcfg.tokenizer or mcfg.name_or_path
-    tokenizer = load_tokenizer(tok_spec)
-    template = get_template(cfg.template.name or default_template_for(tok_spec if mcfg.init is None else tokenizer))
+    if mcfg.adapter is not None and cfg.peft.finetuning != "lora":
+        raise NotSupportedError("model.adapter (continue training an adapter) works with peft.finetuning=lora only")
+    tok_spec = mcfg.tokenizer or mcfg.adapter or mcfg.name_or_path
+    tokenizer = load_tokenizer(tok_spec, trust_remote_code=mcfg.trust_remote_code)
+    # The embedded model's name picks its template directly; otherwise the tokenizer's own template is the clue.
+    template_hint = mcfg.name_or_path if mcfg.init is None and mcfg.tokenizer is None else tokenizer
+    template = get_template(cfg.template.name or default_template_for(template_hint))
     if cfg.template.default_system is not None:
         template = template.with_default_system(cfg.template.default_system)
     # Sets the Jinja chat template too, so the saved tokenizer renders chats exactly as training did.
-    prepare_tokenizer(tokenizer, template)
+    added = prepare_tokenizer(tokenizer, template)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Mixed precision keeps fp32 master weights; "auto" therefore means fp32 for training.
     dtype = "float32" if mcfg.dtype == "auto" else mcfg.dtype
     if mcfg.init is not None:
-        from transformers import AutoModelForCausalLM
-
-        from chatforge.models.tiny import tiny_llama_config
-
-        torch.manual_seed(cfg.train.seed)
-        model = AutoModelForCausalLM.from_config(tiny_llama_config(len(tokenizer), **mcfg.init))
-        model.to(getattr(torch, dtype))
+        model = build_model_from_init(mcfg.init, tokenizer, dtype=dtype, seed=cfg.train.seed)
     else:
         model = load_model(
             mcfg.name_or_path, dtype=dtype, allow_pickle=mcfg.allow_pickle, trust_remote_code=mcfg.trust_remote_code
         )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-        if cfg.peft.finetuning == "lora":
+        if added and cfg.peft.finetuning == "lora":
             # New marker tokens need trained embeddings, and the adapter must carry them to be loadable.
             extra = [m for m in ("embed_tokens", "lm_head") if m not in cfg.peft.modules_to_save]
             cfg.peft.modules_to_save = [*cfg.peft.modules_to_save, *extra]
+    if mcfg.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, mcfg.adapter, is_trainable=True)
     return model, tokenizer, template
 
 
@@ -210,7 +195,10 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # no KV cache while training
-    model, trainable = apply_finetuning(model, cfg.peft)
+    if cfg.model.adapter is None:
+        model, trainable = apply_finetuning(model, cfg.peft)
+    else:
+        trainable = count_parameters(model, f"lora (continuing {cfg.model.adapter})")
     model.to(device)
     speed = SpeedConfig(
         liger=tcfg.liger, compile_layers=tcfg.compile_layers, checkpoint_ratio=tcfg.checkpoint_ratio, fused_adamw=False
