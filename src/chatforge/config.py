@@ -12,6 +12,10 @@ out-of-range value, bad choice, missing required value, bad override syntax) is 
 `ConfigError` with dotted paths, so a user fixes a config in one round. A section may define
 `check_config(self) -> list[tuple[str, str]]` for cross-field rules; its (field, message) pairs join the same report.
 `save_config` writes the resolved config as YAML that `load_config` reads back into an equal object.
+
+Paths inside a config are kept as written (relative to the working directory, as on the command line), so a saved
+config re-runs from the same place. Schema dataclasses must be defined at module level: their (possibly string)
+annotations are resolved with `typing.get_type_hints`.
 """
 
 from __future__ import annotations
