@@ -17,8 +17,9 @@ _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9
 _ID = re.compile(
     r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![0-9A-Za-z])"
 )
-_CARD = re.compile(r"(?<![\d-])(?:\d{4}[ -]?){3}\d{4}(?:\d{0,3})(?![\d-])")
-_MOBILE = re.compile(r"(?<![\d+])(?:(?:\+|00)?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)")
+# Digit runs glued to ASCII letters or digits are codes of another kind (order numbers, hashes): not PII.
+_CARD = re.compile(r"(?<![0-9A-Za-z-])(?:\d{4}[ -]?){3}\d{4}(?:\d{0,3})(?![0-9A-Za-z-])")
+_MOBILE = re.compile(r"(?<![0-9A-Za-z+])(?:(?:\+|00)?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![0-9A-Za-z])")
 
 KINDS = ("email", "id_card", "bank_card", "mobile")
 
