@@ -52,10 +52,11 @@ class ChatSession:
         head = [Message("system", self.system)] if self.system else []
         return Conversation(head + self.messages, list(self.toolbox.specs) if self.toolbox else [])
 
-    def turn(self, text: str, out=sys.stdout) -> Message:
+    def turn(self, text: str, out=None) -> Message:
         """Stream the answer to one user message to `out`, running tool calls in between; returns the final reply."""
+        out = out or sys.stdout
         self.messages.append(Message("user", text))
-        for _ in range(self.rounds + 1):
+        for round_ in range(self.rounds + 1):
             for delta in self.engine.stream(self.conversation(), self.params):
                 out.write(delta)
                 out.flush()
@@ -64,6 +65,8 @@ class ChatSession:
             self.messages.append(reply)
             if not reply.tool_calls or self.toolbox is None:
                 return reply
+            if round_ == self.rounds:
+                break
             for call in reply.tool_calls:
                 result = self.toolbox.call(call)
                 out.write(f"[tool {call.name} -> {result[:500]}{'...' if len(result) > 500 else ''}]\n")
