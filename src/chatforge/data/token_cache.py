@@ -301,6 +301,8 @@ def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
             str(tmp / "data.safetensors"),
         )
         (tmp / "meta.json").write_text(json.dumps(ds.info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if folder.exists() and not (folder / "meta.json").exists():
+            shutil.rmtree(folder)  # not a cache this module wrote (it renames complete folders only): replace it
         try:
             os.replace(tmp, folder)
         except OSError:
