@@ -205,3 +205,9 @@ def test_lm_scores():
         s["perplexity"] == pytest.approx(4.0) and s["token_accuracy"] == 0.5 and s["loss"] == pytest.approx(math.log(4))
     )
     assert math.isnan(M.lm_scores(0.0, 0, 0)["perplexity"])
+
+
+def test_is_refusal_catches_every_converter_refusal():
+    webqa = pytest.importorskip("chatforge.data.convert.webqa")
+    for text in webqa.REFUSALS_ZH + webqa.REFUSALS_EN:
+        assert M.is_refusal(text), text

@@ -25,6 +25,8 @@ from chatforge.errors import ChatforgeError, DataError
 from chatforge.evaluation import metrics as M
 from chatforge.evaluation.config import EvalConfig
 
+REPLACEMENT_CHAR = "\ufffd"
+
 
 @dataclass
 class EvalContext:
@@ -226,6 +228,12 @@ def _generate(ctx: EvalContext, prompts: list[Conversation]) -> tuple[list[Any],
     return completions, stats
 
 
+def _reply_text(completion: Any) -> str:
+    """The reply's text; a reply cut by max_new_tokens can end inside a multi-byte character (U+FFFD): drop that."""
+    text = completion.message.content.strip() or completion.text.strip()
+    return text.rstrip(REPLACEMENT_CHAR).strip()
+
+
 def generate_items(records: Sequence[Any]) -> list[Item]:
     items = []
     for i, conv in enumerate(_conversations(records, "generate")):
@@ -237,7 +245,7 @@ def generate_items(records: Sequence[Any]) -> list[Item]:
 def run_generate(items: list[Item], ctx: EvalContext) -> TaskResult:
     """Greedy replies to each prompt, scored by corpus BLEU-4 and mean ROUGE-1/2/L F1 (both on a 0-100 scale)."""
     completions, stats = _generate(ctx, [it.prompt for it in items])
-    preds = [c.message.content.strip() or c.text.strip() for c in completions]
+    preds = [_reply_text(c) for c in completions]
     refs = [it.reference for it in items]
     zh = ctx.cfg.zh_tokenize
     hyp_t, ref_t = [M.tokenize(p, zh) for p in preds], [M.tokenize(r, zh) for r in refs]
@@ -369,7 +377,7 @@ def grounded_items(records: Sequence[Any], refusal_patterns: Sequence[str] = ())
 def run_grounded_qa(items: list[Item], ctx: EvalContext) -> TaskResult:
     """Answer from the context or refuse: EM / F1 / false refusals, and refusal P/R/F1 on unanswerable questions."""
     completions, stats = _generate(ctx, [it.prompt for it in items])
-    preds = [c.message.content.strip() or c.text.strip() for c in completions]
+    preds = [_reply_text(c) for c in completions]
     refs = [it.reference["answers"] for it in items]
     scores = M.grounded_qa_scores(preds, refs, ctx.cfg.refusal_patterns)
     rows = []
