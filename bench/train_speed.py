@@ -171,6 +171,21 @@ def run_one(a) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         tokens.append(real)
+    if a.profile and device == "cuda":  # where the time goes: top kernels over two more steps, to stderr
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                batch, _, _ = next(data)
+                loss_sum, n, _ = trained_token_loss(model, batch, chunk_size=a.chunk)
+                (loss_sum / n).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            sync()
+        print(
+            prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90),
+            file=sys.stderr,
+        )
     warm = a.warmup
     if a.lengths:  # variable work per step: total real tokens over total time
         tok_s = sum(tokens[warm:]) / sum(times[warm:])
@@ -258,7 +273,7 @@ def suites(peer: str, lengths: str | None) -> dict[str, list[tuple[str, list[str
             ("peer plain ckpt bs4", ref + L7 + ["--batch", "4", "--grad-ckpt"]),
             ("peer liger ckpt bs4", ref + L7 + ["--batch", "4", "--grad-ckpt", "--liger"]),
             ("ours compile ckpt1.0 bs4", me + L7 + ["--batch", "4", "--compile", "--ckpt-ratio", "1.0"]),
-            ("ours compile ckpt1.0 bs6", me + L7 + ["--batch", "6", "--compile", "--ckpt-ratio", "1.0"]),
+            ("ours compile ckpt0.875 bs2", me + L7 + ["--batch", "2", "--compile", "--ckpt-ratio", "0.875"]),
             ("peer liger bs2", ref + L7 + ["--batch", "2", "--liger"]),
             ("ours compile bs2", me + L7 + ["--batch", "2", "--compile"]),
             ("ours compile bs4", me + L7 + ["--batch", "4", "--compile"]),
@@ -266,7 +281,9 @@ def suites(peer: str, lengths: str | None) -> dict[str, list[tuple[str, list[str
         "135m": [
             ("peer liger bs32", ref + S + ["--batch", "32", "--liger"]),
             ("ours compile bs32", me + S + ["--batch", "32", "--compile"]),
-            ("ours compile bs64", me + S + ["--batch", "64", "--compile"]),
+            ("ours compile bs48", me + S + ["--batch", "48", "--compile"]),
+            ("ours liger bs32", me + S + ["--batch", "32", "--liger"]),
+            ("ours compile ckpt0.5 bs64", me + S + ["--batch", "64", "--compile", "--ckpt-ratio", "0.5"]),
         ],
         "alpaca": [
             (
@@ -404,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-ckpt", action="store_true", help="reference only: HF gradient checkpointing")
     ap.add_argument("--liger", action="store_true")
     ap.add_argument("--chunk", type=int, default=4096)
+    ap.add_argument("--profile", action="store_true", help="ours: print the top CUDA kernels of two extra steps")
     a = ap.parse_args(argv)
     if not a.one:
         return orchestrate(a)

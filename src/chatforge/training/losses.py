@@ -28,6 +28,31 @@ def _parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def _ce_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum CE, n correct, dCE/dlogits = softmax - onehot) of one chunk, in fp32 math, gradient in logits' dtype."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, y[:, None]).squeeze(1)).sum()
+    correct = (x.argmax(-1) == y).sum()
+    p = (x - lse[:, None]).exp()
+    # softmax - onehot as one elementwise expression, so the compiled kernel never materialises fp32 probabilities.
+    hit = torch.arange(x.shape[1], device=x.device)[None, :] == y[:, None]
+    return loss, correct, torch.where(hit, p - 1.0, p).to(logits.dtype)
+
+
+_compiled_ce_grad = None
+
+
+def _ce_chunk(logits: torch.Tensor, y: torch.Tensor):
+    """On CUDA the chunk's softmax, loss, argmax and gradient fuse into two passes over the logits (torch.compile)."""
+    global _compiled_ce_grad
+    if not logits.is_cuda:
+        return _ce_grad(logits, y)
+    if _compiled_ce_grad is None:
+        _compiled_ce_grad = torch.compile(_ce_grad, dynamic=True)
+    return _compiled_ce_grad(logits, y)
+
+
 class _FusedLinearCE(torch.autograd.Function):
     """sum_i CE(h_i @ W^T, y_i) with the gradients computed chunk by chunk during the forward (as Liger does)."""
 
@@ -41,14 +66,9 @@ class _FusedLinearCE(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for s in range(0, hidden.shape[0], chunk_size):
             h, y = hidden[s : s + chunk_size], targets[s : s + chunk_size]
-            logits = F.linear(h, weight, bias).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == y).sum()
-            # d(sum CE)/d logits = softmax - onehot, computed in place to keep one [chunk x vocab] buffer.
-            g = logits.sub_(lse[:, None]).exp_()
-            g[torch.arange(len(y), device=y.device), y] -= 1.0
-            g = g.to(hidden.dtype)
+            loss_c, correct_c, g = _ce_chunk(F.linear(h, weight, bias), y)
+            loss += loss_c
+            correct += correct_c
             if grad_h is not None:
                 grad_h[s : s + chunk_size] = g @ weight
             if grad_w is not None:
