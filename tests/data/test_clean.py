@@ -297,3 +297,18 @@ def test_cli_deterministic_and_config_errors(tmp_path):
         )
     msg = str(err.value)
     assert "dedup.num_perm" in msg and "language.keep" in msg and "length.tokenizer" in msg
+
+
+def test_exact_dedup_looks_at_whole_records():
+    prompt = Conversation([Message("user", "Which is better?")])
+    pairs = [
+        PreferencePair(prompt, Message("assistant", "A is better."), Message("assistant", "B is better.")),
+        PreferencePair(prompt, Message("assistant", "A is better."), Message("assistant", "No idea at all.")),
+        PreferencePair(prompt, Message("assistant", "A is better."), Message("assistant", "B is better.")),
+    ]
+    swapped = [conv("hello there", "general kenobi"), Conversation([Message("user", "general kenobi")])]
+    cfg = CleanConfig()
+    cfg.split.enabled = False
+    cfg.dedup.near = False
+    result = clean_records(pairs + swapped, cfg)
+    assert [r["index"] for r in result.removed] == [2]

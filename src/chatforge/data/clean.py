@@ -108,6 +108,12 @@ def _meta(rec: Record) -> dict[str, Any]:
     return rec.meta
 
 
+def _dedup_key(rec: Record) -> str:
+    data = record_to_dict(rec)
+    data.pop("meta", None)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
 def record_to_dict(rec: Record) -> dict[str, Any]:
     """The JSON chatforge writes for a record; `read_records` reads it back in the same format."""
     if isinstance(rec, Conversation):
@@ -204,8 +210,8 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
         )
 
     t0 = time.perf_counter()
-    drop("empty", {i: "empty message after normalisation" for i in alive if _empty_message(records[i])}, seconds=0)
-    steps[-1]["seconds"] = round(time.perf_counter() - t0, 3)
+    empty = {i: "empty message after normalisation" for i in alive if _empty_message(records[i])}
+    drop("empty", empty, seconds=time.perf_counter() - t0)
     texts = {i: record_text(records[i]) for i in alive}
 
     pattern = compile_blocklist(cfg.blocklist)
@@ -239,8 +245,9 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
 
     if cfg.dedup.exact:
         t0 = time.perf_counter()
-        # Role-aware key: the same words said by a different speaker are not a duplicate conversation.
-        keys = [json.dumps(record_to_dict(records[i]).get("messages") or texts[i], ensure_ascii=False) for i in alive]
+        # The whole record minus its meta (source file, line): roles, tool calls, chosen and rejected all count, so
+        # the same words said by a different speaker, or a pair with another rejected reply, are not duplicates.
+        keys = [_dedup_key(records[i]) for i in alive]
         dups = exact_duplicates(keys)
         drop(
             "exact_dedup",
