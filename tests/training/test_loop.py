@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from train_helpers import losses, run_config, tiny_model_dir, write_chat_data, write_text_data
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,3 +152,15 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
     with pytest.raises(ChatforgeError, match="already holds a run"):
         train(run_config(tmp_path, "train.max_steps=1"))
     assert train(run_config(tmp_path, "train.max_steps=2", "output.overwrite=true")).summary["steps"] == 2
+
+
+def test_continue_training_an_adapter(tmp_path):
+    first = train(run_config(tmp_path, "train.max_steps=2", f"output.dir={tmp_path / 'a'}")).output_dir
+    cfg = run_config(tmp_path, "train.max_steps=2", f"model.adapter={first}", f"output.dir={tmp_path / 'b'}")
+    s = train(cfg).summary
+    assert s["trainable_parameters"] == json.loads((first / "summary.json").read_text())["trainable_parameters"]
+    before = load_file(first / "adapter_model.safetensors")
+    after = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ChatforgeError, match="lora only"):
+        train(run_config(tmp_path, f"model.adapter={first}", "peft.finetuning=full", f"output.dir={tmp_path / 'c'}"))

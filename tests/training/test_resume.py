@@ -150,3 +150,15 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
     got = losses(out)
     assert sorted(got) == list(range(1, 17))
     assert _max_diff(want, got) < TOL
+
+
+def test_resume_from_an_explicit_checkpoint(reference, tmp_path):
+    tmp, out, want = reference
+    dest = tmp_path / "explicit"
+    shutil.copytree(out, dest)
+    (dest / "summary.json").unlink()
+    got = train(
+        run_config(tmp, *SETTINGS, f"train.resume={dest / 'checkpoints' / 'step-000004'}", f"output.dir={dest}")
+    )
+    assert got.summary["resumed_from"].endswith("step-000004")
+    assert _max_diff(want, losses(dest)) < TOL
