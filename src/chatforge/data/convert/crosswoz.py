@@ -202,6 +202,8 @@ def build_conversations(did: str, rounds: list[dict[str, Any]]) -> tuple[Convers
     )
     per_round = []
     for k, r in enumerate(rounds):
+        if r["call"] is None and not r["grounded"]:
+            continue  # its only reply is untrained context: a per-round sample would train nothing
         history = [m for prev in rounds[:k] for m in _round_messages(prev, False)]
         per_round.append(
             Conversation(
@@ -255,6 +257,7 @@ def main(argv: list[str]) -> int:
         "dialogues_written": len(dialogues),
         "dialogues_with_tool_calls": sum(c.meta["tool_calls"] > 0 for c in dialogues),
         "rounds_written": len(rounds_out),
+        "rounds_left_out_with_nothing_to_train": sum(c.meta["rounds"] for c in dialogues) - len(rounds_out),
         "rounds_with_tool_call": sum(c.meta["tool_call"] for c in rounds_out),
         "files": files,
         "counts": dict(sorted(stats.items())),
