@@ -164,9 +164,14 @@ def test_choice_matches_independent_loglik(engine, tiny_tok, tmp_path):
         for c in pred["choices"]:
             conv = Conversation([Message("user", pred["question"]), Message("assistant", c)])
             enc = encode_conversation(conv, tiny_tok, "chatml", mask="last_assistant")
+            # the option's own tokens: everything trained except the closing <|im_end|>
+            end = tiny_tok.convert_tokens_to_ids("<|im_end|>")
+            last = max(i for i, t in enumerate(enc.trained) if t)
+            assert enc.input_ids[last] == end
+            labels = [t if (m and i != last) else -100 for i, (t, m) in enumerate(zip(enc.input_ids, enc.trained))]
             with torch.no_grad():
-                loss = engine.model(torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels()])).loss
-            lls.append(-float(loss) * (sum(enc.trained[1:])))
+                loss = engine.model(torch.tensor([enc.input_ids]), labels=torch.tensor([labels])).loss
+            lls.append(-float(loss) * sum(x != -100 for x in labels[1:]))
         assert pred["loglik"] == pytest.approx(lls, rel=1e-4)
         assert pred["predicted"] == max(range(len(lls)), key=lls.__getitem__)
     k = sum(p["correct"] for p in res.predictions)

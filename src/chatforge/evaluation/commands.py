@@ -35,8 +35,10 @@ def _read_data(cfg: EvalRunConfig) -> list[Any]:
         result = read_records(
             path, format=cfg.data.format, on_error=cfg.data.on_error, dataset_info=cfg.data.dataset_info
         )
-        _log(f"{path}: {result.summary()}")
-        records.extend(result.records)
+        kept = result.records[: cfg.data.max_samples] if cfg.data.max_samples else result.records
+        note = f" (using the first {len(kept)}: data.max_samples)" if len(kept) < len(result.records) else ""
+        _log(f"{path}: {result.summary()}{note}")
+        records.extend(kept)
     return records
 
 

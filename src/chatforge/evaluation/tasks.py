@@ -454,12 +454,29 @@ def read_choice_file(path: str | Path) -> list[Item]:
     return items
 
 
+def option_mask(ids: list[int], trained: list[bool], stops: set[int]) -> list[bool]:
+    """The trained mask of a reply without its closing end-of-turn token(s)."""
+    mask = list(trained)
+    k = len(mask) - 1
+    while k >= 0 and not mask[k]:
+        k -= 1
+    while k >= 0 and mask[k] and ids[k] in stops:
+        mask[k] = False
+        k -= 1
+    return mask
+
+
 def run_choice(items: list[Item], ctx: EvalContext, pool: list[Item] | None = None) -> TaskResult:
-    """Pick the option with the highest log-likelihood as the assistant's reply (end-of-turn token included, so the
-    option must be the whole answer); `acc_norm` divides by the option's length in characters instead."""
-    from chatforge.templates import encode_conversation
+    """Pick the option with the highest log-likelihood as the start of the assistant's reply; `accuracy_norm` divides
+    each log-likelihood by the option's length in characters.
+
+    The end-of-turn token is not scored: a chat model rarely stops right after a bare option ("Paris" then
+    <|im_end|> costs SmolLM2 ~14 nats, more than picking a wrong city), which would measure brevity, not knowledge.
+    """
+    from chatforge.templates import encode_conversation, stop_token_ids
 
     tok, template = ctx.engine.tokenizer, ctx.engine.template
+    stops = set(stop_token_ids(tok, template))
     pool = pool if pool is not None else items
     rng = random.Random(ctx.cfg.seed)
     rows, owners = [], []
@@ -472,7 +489,7 @@ def run_choice(items: list[Item], ctx: EvalContext, pool: list[Item] | None = No
         for c in it.record["choices"]:
             conv = Conversation([*history, Message("user", it.record["question"]), Message("assistant", c)])
             enc = encode_conversation(_with_system(conv, ctx.default_system), tok, template, mask="last_assistant")
-            rows.append((enc.input_ids, enc.trained))
+            rows.append((enc.input_ids, option_mask(enc.input_ids, enc.trained, stops)))
             owners.append(n)
     scores = _score_all(ctx, rows)
     per_item: list[list[float]] = [[] for _ in items]
