@@ -164,3 +164,27 @@ def test_continue_training_an_adapter(tmp_path):
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ChatforgeError, match="lora only"):
         train(run_config(tmp_path, f"model.adapter={first}", "peft.finetuning=full", f"output.dir={tmp_path / 'c'}"))
+
+
+@pytest.mark.real_model
+@pytest.mark.integration
+def test_one_lora_step_on_the_embedded_model(smollm2_available, tmp_path):
+    """The default config path: SmolLM2 by name, its own template, and an adapter the loader puts back on top."""
+    from chatforge.models.loading import load_model_and_tokenizer
+
+    data = write_chat_data(tmp_path / "chat.jsonl", n=4)
+    cfg = run_config(
+        tmp_path,
+        "model.name_or_path=smollm2-135m-instruct",
+        "template.name=null",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "train.num_threads=2",
+        data=data,
+    )
+    result = train(cfg)
+    assert result.summary["steps"] == 1 and 0 < result.summary["final_train_loss"] < 20
+    tok = AutoTokenizer.from_pretrained(result.output_dir)
+    assert "<|im_start|>" in tok.chat_template
+    model, _ = load_model_and_tokenizer("smollm2-135m-instruct", adapter=result.output_dir)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
