@@ -12,6 +12,7 @@ from torch import nn
 
 from chatforge.errors import ChatforgeError, NotSupportedError
 from chatforge.training.config import PeftConfig
+from chatforge.training.speedups import decoder_layers
 
 SUPPORTED = ("full", "freeze", "lora")
 # Names users bring from other toolkits; each gets a precise message instead of a generic "bad choice".
@@ -62,14 +63,6 @@ def count_parameters(model: nn.Module, method: str) -> TrainableSummary:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return TrainableSummary(trainable, total, method)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks: the largest ModuleList in the model (true for Llama/Qwen/Mistral/GPT-style)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise ChatforgeError("freeze fine-tuning needs a model with a list of decoder layers; none found")
-    return max(lists, key=len)
 
 
 def _freeze(model: nn.Module, cfg: PeftConfig) -> None:
