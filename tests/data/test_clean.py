@@ -312,3 +312,21 @@ def test_exact_dedup_looks_at_whole_records():
     cfg.dedup.near = False
     result = clean_records(pairs + swapped, cfg)
     assert [r["index"] for r in result.removed] == [2]
+
+
+def test_near_dup_needs_same_reply_by_default():
+    context = (
+        "黄河是中国第二长河，发源于青海省巴颜喀拉山脉，流经九个省区，最后注入渤海，全长约五千四百六十四公里，"
+        "流域面积约七十五万平方公里，是中华文明最主要的发源地之一，被称为母亲河。"
+    )
+    records = [
+        conv(f"{context}\n问题：黄河有多长？", "约五千四百六十四公里"),
+        conv(f"{context}\n问题：黄河注入哪里？", "渤海"),  # same context, other question and answer: kept
+        conv(f"{context}\n问题：黄河有多长呢？", "约五千四百六十四公里"),  # a near copy of the first: removed
+    ]
+    cfg = CleanConfig()
+    cfg.split.enabled = False
+    result = clean_records(records, cfg)
+    assert [(r["index"], r["duplicate_of"]) for r in result.removed] == [(2, 0)]
+    cfg.dedup.require_same_reply = False
+    assert {r["index"] for r in clean_records(records, cfg).removed} == {1, 2}

@@ -108,6 +108,15 @@ def _meta(rec: Record) -> dict[str, Any]:
     return rec.meta
 
 
+def _reply(rec: Record) -> str:
+    """The text a record trains the model to say last: the final assistant turn, or the chosen reply."""
+    if isinstance(rec, PreferencePair):
+        return rec.chosen.content
+    if isinstance(rec, Conversation):
+        return next((m.content for m in reversed(rec.messages) if m.role == "assistant"), "")
+    return rec.text
+
+
 def _dedup_key(rec: Record) -> str:
     data = record_to_dict(rec)
     data.pop("meta", None)
@@ -258,7 +267,7 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
 
     if cfg.dedup.near:
         t0 = time.perf_counter()
-        near = near_duplicates([texts[i] for i in alive], cfg.dedup)
+        near = near_duplicates([texts[i] for i in alive], cfg.dedup, replies=[_reply(records[i]) for i in alive])
         drop(
             "near_dedup",
             {alive[k]: f"near duplicate (Jaccard >= {cfg.dedup.threshold})" for k in near},

@@ -7,7 +7,8 @@ per shingle instead of `num_perm`, computed with numpy over whole batches, which
 seconds on two cores; datasketch's MinHash hashes each shingle in Python with `num_perm` permutations, about two
 orders of magnitude slower here. Jaccard similarity is estimated as matching bins / bins not empty in both. Bands of
 the signature go to hash buckets (bands and rows chosen for the threshold as datasketch does, minimising the weighted
-false positive and negative areas); candidates sharing a bucket are confirmed by the estimate >= threshold.
+false positive and negative areas); candidates sharing a bucket are confirmed by the estimate >= threshold, and by
+default also need near-identical final replies (see `near_duplicates`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class DedupConfig:
     ngram_zh: int = field(default=3, metadata={"min": 1, "max": 8})
     ngram_other: int = field(default=5, metadata={"min": 1, "max": 8})
     lowercase: bool = True
+    # A near duplicate must also end with a near-identical reply (last assistant turn / chosen reply).
+    require_same_reply: bool = True
 
 
 def exact_duplicates(keys: list[str]) -> dict[int, int]:
@@ -129,9 +132,16 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def near_duplicates(
-    texts: list[str], cfg: DedupConfig, skip: set[int] | None = None, max_candidates: int = 200
+    texts: list[str],
+    cfg: DedupConfig,
+    replies: list[str] | None = None,
+    skip: set[int] | None = None,
+    max_candidates: int = 200,
 ) -> dict[int, tuple[int, float]]:
-    """index -> (index of the earlier kept text it nearly copies, estimated Jaccard) for each near duplicate."""
+    """index -> (index of the earlier kept text it nearly copies, estimated Jaccard) for each near duplicate.
+
+    With `replies` (and `cfg.require_same_reply`), a pair also needs near-identical replies: two questions on one
+    long context, or two rounds of one dialogue, share most of their text but are different training examples."""
     skip = skip or set()
     sig = signatures(texts, cfg)
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
@@ -154,6 +164,11 @@ def near_duplicates(
             if len(members) > 1:
                 for i in members:
                     groups[i].append(members)
+    reply_sig: dict[int, np.ndarray] = {}
+    if replies is not None and cfg.require_same_reply and groups:
+        # Only texts that share a bucket can be duplicates: sketch just their replies.
+        involved = sorted(groups)
+        reply_sig = dict(zip(involved, signatures([replies[i] for i in involved], cfg)))
     removed: dict[int, tuple[int, float]] = {}
     for i in sorted(groups):
         checked = set()
@@ -165,6 +180,8 @@ def near_duplicates(
                     continue
                 checked.add(j)
                 sim = estimate_jaccard(sig[i], sig[j])
+                if sim >= cfg.threshold and reply_sig:
+                    sim = min(sim, estimate_jaccard(reply_sig[i], reply_sig[j]))
                 if sim >= cfg.threshold:
                     removed[i] = (j, sim)
                     break

@@ -143,7 +143,7 @@ def hard_negatives(items: list[QAItem], lang: str, seed: int, top_k: int = 5) ->
     for j, ws in enumerate(ev_words):
         for w in ws:
             index[w].append(j)
-    out, stats = {}, Counter()
+    out, stats, used = {}, Counter(), Counter()
     for i, it in enumerate(items):
         scores: Counter = Counter()
         for w in _words(it.question, lang):
@@ -156,7 +156,12 @@ def hard_negatives(items: list[QAItem], lang: str, seed: int, top_k: int = 5) ->
             if pool[j][0] != i and not any(a in _norm(pool[j][1]) for a in answers)
         ][:top_k]
         if ok:
-            out[it.qid] = pool[rng.choice(ok)][1]
+            # Among the best few, the evidence used least so far: one popular passage should not become the
+            # negative of dozens of questions (the examples would be near copies of each other).
+            fewest = min(used[j] for j in ok)
+            j = rng.choice([j for j in ok if used[j] == fewest])
+            used[j] += 1
+            out[it.qid] = pool[j][1]
             stats["hard negatives (share words with the question)"] += 1
             continue
         for _ in range(50):  # no word overlap anywhere: any other evidence without the answer will do
