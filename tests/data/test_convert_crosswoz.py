@@ -197,3 +197,14 @@ def test_deterministic(files, tmp_path):
 def test_other_domains_not_supported(files, tmp_path):
     with pytest.raises(NotSupportedError, match="hotel"):
         run(files, tmp_path / "out", "--domain", "restaurant")
+
+
+def test_malformed_dialogue_is_located(files, tmp_path):
+    from chatforge.errors import DataError
+
+    src, db = files
+    bad = {"7": {"goal": DIALOGUE["goal"], "messages": [DIALOGUE["messages"][0], DIALOGUE["messages"][0]]}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.json, record 7, field 'messages\[0\]'"):
+        convert_main(["crosswoz", "--input", str(path), "--db", str(db), "--output", str(tmp_path / "o")])

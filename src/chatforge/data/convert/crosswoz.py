@@ -125,11 +125,13 @@ def _requested_fields(acts: list[list[str]]) -> set[str]:
     return fields
 
 
-def convert_dialogue(did: str, dialogue: dict[str, Any], db: list[dict], stats: Counter) -> list[dict[str, Any]]:
+def convert_dialogue(
+    did: str, dialogue: dict[str, Any], db: list[dict], stats: Counter, source: str | None = None
+) -> list[dict[str, Any]]:
     """The kept rounds of one dialogue: [{"user", "call" (args or None), "result", "reply", "grounded"}]."""
     msgs = dialogue.get("messages")
     if not isinstance(msgs, list):
-        raise DataError("dialogue has no 'messages' list", record=did, field="messages")
+        raise DataError("dialogue has no 'messages' list", file=source, record=did, field="messages")
     rounds: list[dict[str, Any]] = []
     last_args: dict | None = None
     current: str | None = None  # the hotel the conversation is about (the last one the system named)
@@ -137,7 +139,7 @@ def convert_dialogue(did: str, dialogue: dict[str, Any], db: list[dict], stats: 
     for i in range(0, len(msgs) - 1, 2):
         usr, sys_ = msgs[i], msgs[i + 1]
         if usr.get("role") != "usr" or sys_.get("role") != "sys":
-            raise DataError("expected alternating usr/sys turns", record=did, field=f"messages[{i}]")
+            raise DataError("expected alternating usr/sys turns", file=source, record=did, field=f"messages[{i}]")
         u_acts, s_acts = usr.get("dialog_act", []), sys_.get("dialog_act", [])
         hotel_round = any(a[1] == DOMAIN for a in u_acts + s_acts)
         general_only = bool(u_acts) and all(a[0] == "General" for a in u_acts)
@@ -235,7 +237,7 @@ def main(argv: list[str]) -> int:
         if not any(g[1] == DOMAIN for g in dialogue.get("goal", [])):
             stats["dialogues without the hotel domain"] += 1
             continue
-        rounds = convert_dialogue(did, dialogue, db, stats)
+        rounds = convert_dialogue(did, dialogue, db, stats, source=str(a.input))
         if not any(r["call"] for r in rounds):
             stats["hotel dialogues without any tool call left out"] += 1
             continue
