@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--template")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads for the server")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for the server (1 is fastest on a busy machine)"
+    )
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--single-runs", type=int, default=6, help="one-stream requests for the TTFT percentiles")
     ap.add_argument("--max-tokens", type=int, default=32)

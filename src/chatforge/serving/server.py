@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -340,6 +341,17 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving `engine` under the model id `model_name`."""
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue)
+    # Prompts are tokenized in request threads while the decode thread detokenizes: give encoding its own tokenizer
+    # copy (and one encoder at a time), since encoding may toggle state on the Rust tokenizer it uses.
+    encode_tok = copy.deepcopy(engine.tokenizer)
+    encode_lock = threading.Lock()
+
+    def encode(conv: Conversation) -> list[int]:
+        from chatforge.templates import encode_prompt
+
+        with encode_lock:
+            return list(encode_prompt(conv, encode_tok, engine.template))
+
     max_prompt = min(max_prompt_tokens or engine.max_total - 1, engine.max_total - 1)
     created = int(time.time())
 
@@ -360,6 +372,12 @@ def create_app(
     async def _http_error(request: Request, err: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
         return APIError(err.status_code, str(err.detail), code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        # A bug, not the client's fault; still answered as JSON the client can parse (and logged with its traceback).
+        log.error("unhandled error on %s", request.url.path, exc_info=err)
+        return APIError(503, f"internal error: {type(err).__name__}", "internal_error", "server_error").response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
@@ -432,9 +450,9 @@ def create_app(
         _reject_unsupported(req)
         conv = to_conversation(req)
         try:
-            prompt_ids = await asyncio.to_thread(engine.encode, conv)
-        except ChatforgeError as err:
-            raise APIError(400, str(err), "invalid_request") from None
+            prompt_ids = await asyncio.to_thread(encode, conv)
+        except (ChatforgeError, ValueError, KeyError, TypeError) as err:  # the request's content could not be rendered
+            raise APIError(400, f"cannot render these messages: {err}", "invalid_request") from None
         if len(prompt_ids) > max_prompt:
             raise APIError(
                 413,
