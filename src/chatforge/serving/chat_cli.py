@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest on a busy machine)")
     return ap
 
 
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         stop=args.stop,
     )
     params.validate()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     toolbox = load_tools(args.tools) if args.tools else None
     engine = Engine.load(args.model, adapter=args.adapter, template=args.template, dtype=args.dtype, device=args.device)
     session = ChatSession(engine, params, args.system, toolbox, args.max_tool_rounds)

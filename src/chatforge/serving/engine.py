@@ -140,6 +140,8 @@ class Sequence:
             return
         self.text = full
         if len(self.generated) >= self.params.max_new_tokens or len(self.prompt_ids) + len(self.generated) >= max_total:
+            # Cut off mid-character: the incomplete bytes are dropped, so no stream or text ends in U+FFFD.
+            self.text = full.rstrip(REPLACEMENT_CHAR)
             self._finish("length")
             return
         stable = len(full.rstrip(REPLACEMENT_CHAR))
