@@ -9,18 +9,18 @@ per record. Read through `chatforge.data.readers.read_records` with LLaMA-Factor
 cache goes to a temporary folder so each run measures a cold build and then a warm reload. The machine's load average
 is printed with the numbers because other processes on a shared machine slow every step.
 
-Measured 2026-11-23 on the 2-core development machine while six other jobs shared it (load average 6-13, so this
+Measured 2026-11-23 on the 2-core development machine while six other jobs shared it (load average 7-9, so this
 process got roughly a quarter to half of the two cores; CPU seconds show the work itself):
 
 | step (51,952 zh / 51,953 en conversations)        | zh wall | zh CPU | en wall | en CPU | target |
 |---------------------------------------------------|--------:|-------:|--------:|-------:|-------:|
-| clean (normalize, PII, filters, exact + near dup) |  31.1 s |  7.7 s |  16.9 s |  8.3 s |  60 s  |
-| tokenize + mask, SmolLM2 tokenizer, 2 processes   |  54.6 s | 26.7 s |  60.6 s | 30.9 s |  20 s  |
-| reload from the cache                             |   0.3 s |        |   0.7 s |        |   2 s  |
+| clean (normalize, PII, filters, exact + near dup) |  11.8 s |  5.8 s |  18.2 s |  9.1 s |  60 s  |
+| tokenize + mask, SmolLM2 tokenizer, 2 processes   |  46.9 s | 24.1 s |  52.1 s | 25.3 s |  20 s  |
+| reload from the cache                             |  0.28 s |        |  0.14 s |        |   2 s  |
 
-Clean and reload meet their targets even on the loaded machine. Tokenization needs 27-31 CPU seconds, i.e. about
-14-16 s on two otherwise idle cores, but took 55-61 s here under load; about half of the CPU time is the Rust
-tokenizer's own `encode_batch` (10.9M tokens for zh, 5.6M for en), the rest rendering the template in Python.
+Clean and reload meet their targets even on the loaded machine. Tokenization needs 24-25 CPU seconds, i.e. about
+12-13 s on two otherwise idle cores, but took 47-52 s here under load; most of the CPU time is the Rust tokenizer's
+own `encode_batch` (10.9M tokens for zh, 5.6M for en), the rest rendering the template in Python.
 """
 
 from __future__ import annotations
