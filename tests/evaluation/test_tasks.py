@@ -270,3 +270,21 @@ def test_cli_end_to_end_on_saved_tiny_model(tiny_tok, tiny_model, tmp_path, caps
         ]
     )
     assert rc == 0 and (tmp_path / "run" / "report.json").is_file()
+
+
+def test_data_max_samples_takes_first_records(engine, tmp_path):
+    data = tmp_path / "d.jsonl"
+    _write(data, [Conversation([Message("user", f"Q{i}"), Message("assistant", f"A{i}")]) for i in range(4)])
+    cfg = load_eval_config(
+        None,
+        [
+            f"data.val=[{data}]",
+            "data.max_samples=2",
+            "eval.tasks=[lm]",
+            "eval.charts=false",
+            f"output.dir={tmp_path / 'o'}",
+        ],
+    )
+    _, report = evaluate(cfg, engine=engine)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "predictions_lm.jsonl").read_text().splitlines()]
+    assert report["tasks"]["lm"]["items"] == 2 and [r["source"].rsplit(":", 1)[1] for r in rows] == ["1", "2"]
