@@ -36,7 +36,10 @@ def test_batched_greedy_matches_single_and_hf_generate(tiny_tok):
             pad_token_id=0,
         )[0, len(ids) :].tolist()
         ref = [t for t in ref if t not in engine.stop_ids]
-        assert got.text == tiny_tok.decode(ref, skip_special_tokens=False)
+        expected = tiny_tok.decode(ref, skip_special_tokens=False)
+        if got.finish_reason == "length":  # a character cut off at the limit is dropped, not shown as U+FFFD
+            expected = expected.rstrip(REPLACEMENT_CHAR)
+        assert got.text == expected
         assert got.prompt_tokens == len(ids)
         assert got.completion_tokens == len(ref)
 
