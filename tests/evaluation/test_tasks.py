@@ -288,3 +288,23 @@ def test_data_max_samples_takes_first_records(engine, tmp_path):
     _, report = evaluate(cfg, engine=engine)
     rows = [json.loads(x) for x in (tmp_path / "o" / "predictions_lm.jsonl").read_text().splitlines()]
     assert report["tasks"]["lm"]["items"] == 2 and [r["source"].rsplit(":", 1)[1] for r in rows] == ["1", "2"]
+
+
+def test_prompts_over_max_length_are_left_out_and_counted(engine, tmp_path):
+    data = tmp_path / "d.jsonl"
+    long_q = "word " * 300
+    _write(data, [Conversation([Message("user", q), Message("assistant", "A")]) for q in ("short?", long_q)])
+    cfg = load_eval_config(
+        None,
+        [
+            f"data.val=[{data}]",
+            "data.max_length=64",
+            "eval.tasks=[generate]",
+            "eval.max_new_tokens=2",
+            "eval.charts=false",
+            f"output.dir={tmp_path / 'o'}",
+        ],
+    )
+    _, report = evaluate(cfg, engine=engine)
+    task = report["tasks"]["generate"]
+    assert task["items"] == 1 and task["details"]["left_out_prompt_over_max_length"] == 1

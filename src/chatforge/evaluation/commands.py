@@ -20,7 +20,7 @@ from typing import Any
 from chatforge.errors import ChatforgeError
 from chatforge.evaluation.config import EvalRunConfig, load_eval_config
 from chatforge.evaluation.report import compare, write_predictions, write_report
-from chatforge.evaluation.tasks import TASKS, EvalContext, sample
+from chatforge.evaluation.tasks import TASKS, EvalContext, drop_long_prompts, sample
 
 
 def _log(msg: str) -> None:
@@ -98,15 +98,18 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
     }
     for name in cfg.eval.tasks:
         task = TASKS[name]
+        pool, too_long = None, 0
         if name == "choice":
             pool = [it for path in cfg.data.val for it in task.items(path)]
             items = sample(pool, cfg.eval.max_samples, cfg.eval.seed)
         else:
-            pool = None
             if name == "grounded_qa":
                 items = task.items(records, cfg.eval.refusal_patterns)
             else:
                 items = task.items(records)
+            items, too_long = drop_long_prompts(items, engine, cfg.data.max_length)
+            if too_long:
+                _log(f"task {name}: left out {too_long} items whose prompt is over data.max_length tokens")
             items = sample(items, cfg.eval.max_samples, cfg.eval.seed)
         if not items:
             raise ChatforgeError(f"the {name} task found nothing to evaluate in {', '.join(cfg.data.val)}")
@@ -114,6 +117,8 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
         start = time.perf_counter()
         result = task.run(items, ctx, pool) if name == "choice" else task.run(items, ctx)
         result.seconds = time.perf_counter() - start
+        if too_long:
+            result.details["left_out_prompt_over_max_length"] = too_long
         write_predictions(out / f"predictions_{name}.jsonl", result.predictions)
         report["tasks"][name] = {
             "items": len(items),

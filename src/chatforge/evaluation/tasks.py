@@ -84,6 +84,14 @@ def sample(items: list[Item], n: int | None, seed: int) -> list[Item]:
     return [items[i] for i in keep]
 
 
+def drop_long_prompts(items: list[Item], engine: Any, max_length: int) -> tuple[list[Item], int]:
+    """Leave out items whose prompt is longer than max_length tokens (counted and reported, never silently)."""
+    if not items or items[0].prompt is None or not hasattr(engine, "encode"):
+        return items, 0
+    kept = [it for it in items if len(engine.encode(_with_system(it.prompt, None))) <= max_length]
+    return kept, len(items) - len(kept)
+
+
 def _conversations(records: Sequence[Any], task: str) -> list[Conversation]:
     convs = []
     for i, rec in enumerate(records):
