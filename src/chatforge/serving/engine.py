@@ -327,6 +327,7 @@ class Engine:
         self.template = get_template(template)
         self.stop_ids = set(stop_token_ids(tokenizer, self.template))
         self.max_total = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
+        self.last_sequence: Sequence | None = None  # the latest `stream()`'s sequence (text, tokens, finish reason)
 
     @classmethod
     def load(
@@ -394,8 +395,8 @@ class Engine:
         return [self.completion(s) for s in seqs]
 
     def stream(self, conv: Conversation, params: SamplingParams | None = None) -> Iterator[str]:
-        """Yield text deltas of one answer as they are decoded. `.completion` of the last sequence is kept on
-        `self.last_sequence` so a caller can parse tool calls after the stream ends."""
+        """Yield text deltas of one answer as they are decoded. The sequence is kept on `self.last_sequence`, so after
+        the stream ends `engine.completion(engine.last_sequence)` gives the parsed message (tool calls) and counts."""
         pending: list[str] = []
         seq = self.new_sequence(self.encode(conv), params or SamplingParams(), on_delta=pending.append)
         self.last_sequence = seq
