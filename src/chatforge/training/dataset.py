@@ -68,12 +68,14 @@ def split_records(records: list, val_size: float, seed: int) -> tuple[list, list
     return train, val
 
 
-def encode_sft(records: list, tokenizer, template, *, mask: str, max_length: int, stats: Counter) -> list[Example]:
-    """Encode conversations; over-long ones are truncated (counted), ones left without trained tokens are dropped
-    (counted and reported, never silently)."""
-    from chatforge.templates import encode_conversation
+def encode_sft(
+    records: list, tokenizer, template, *, mask: str, max_length: int, stats: Counter, num_proc: int = 1
+) -> list[Example]:
+    """Encode conversations through the tokenization cache (`chatforge.data.token_cache`: keyed by the records,
+    tokenizer, template and mask, so a re-run or a resumed run skips tokenizing). Over-long conversations are
+    truncated (counted); ones left without trained tokens are dropped (counted and reported, never silently)."""
+    from chatforge.data.token_cache import cached_tokenize
 
-    out: list[Example] = []
     for i, conv in enumerate(records):
         if not isinstance(conv, Conversation):
             source = getattr(conv, "meta", {}).get("file")
@@ -82,7 +84,15 @@ def encode_sft(records: list, tokenizer, template, *, mask: str, max_length: int
                 file=source,
                 record=i,
             )
-        enc = encode_conversation(conv, tokenizer, template, mask=mask)
+    if not records:
+        return []
+    # The cache stores whole conversations; truncation happens here so the counts above stay exact.
+    tokenized = cached_tokenize(records, tokenizer, template, mask, None, num_proc)
+    if tokenized.info.get("from_cache"):
+        stats["tokenized examples loaded from cache"] += len(tokenized)
+    out: list[Example] = []
+    for i in range(len(tokenized)):
+        enc = tokenized.encoded(i)
         ids, labels = list(enc.input_ids), list(enc.labels())
         if len(ids) > max_length:
             stats["truncated to max_length"] += 1
