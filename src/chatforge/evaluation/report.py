@@ -17,6 +17,25 @@ from chatforge.errors import ChatforgeError
 _ZERO_TO_100 = ("bleu4", "rouge1", "rouge2", "rougeL", "text_bleu4")
 
 
+# Metrics that are fractions in [0, 1] (shown as percentages), recognised by name.
+_FRACTION_WORDS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "exact_match",
+    "contains",
+    "rate",
+    "ci_low",
+    "ci_high",
+    "chance",
+)
+
+
+def _is_fraction(name: str) -> bool:
+    return any(word in name for word in _FRACTION_WORDS)
+
+
 def _fmt(name: str, value: Any) -> str:
     if not isinstance(value, (int, float)):
         return str(value)
@@ -26,7 +45,7 @@ def _fmt(name: str, value: Any) -> str:
         return f"{value:.3f}"
     if name in _ZERO_TO_100:
         return f"{value:.2f}"
-    if isinstance(value, float) and 0.0 <= value <= 1.0:
+    if isinstance(value, float) and _is_fraction(name):
         return f"{100 * value:.1f}%"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
