@@ -204,6 +204,13 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         liger=tcfg.liger, compile_layers=tcfg.compile_layers, checkpoint_ratio=tcfg.checkpoint_ratio, fused_adamw=False
     )
     speedups = apply_speedups(model, speed)
+    # FlexAttention keeps packed samples apart without materialising a (rows x len x len) mask; CUDA only.
+    attention = tcfg.attention if tcfg.batching == "packed" else "mask"
+    if attention == "flex":
+        if device.type != "cuda":
+            raise ChatforgeError("train.attention=flex needs a CUDA device; use train.attention=mask on CPU")
+        model.config._attn_implementation = "flex_attention"
+        speedups.append("flex_attention")
     save_config(cfg, out / "config.yaml")
 
     data: TrainData = build_data(cfg, tokenizer, template)
@@ -216,7 +223,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         lengths = [len(row) for row in units]
 
         def make_batch(idx: list[int]) -> dict:
-            return collate([units[i] for i in idx], pad_id)
+            return collate([units[i] for i in idx], pad_id, attention=attention)
 
     else:
         units = data.train
@@ -295,7 +302,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
         step_loss = torch.zeros((), device=device)
         step_correct = 0
         for batch in window:
-            batch = attention_inputs(batch, device)
+            batch = attention_inputs(batch, device, attention=attention)
             with autocast():
                 loss_sum, _, n_correct = loss_fn(model, batch)
             # Dividing by the whole window's trained tokens makes accumulation equal to one big batch.
