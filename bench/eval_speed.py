@@ -1,6 +1,6 @@
 """Generate-eval throughput on CPU: the batched engine vs one prompt at a time, on the embedded SmolLM2 model.
 
-    python bench/eval_speed.py [--n 16] [--max-new-tokens 32] [--batch-sizes 1,4,16] [--threads 2] [--data FILE]
+    python bench/eval_speed.py [--n 16] [--max-new-tokens 32] [--batch-sizes 1,4,16] [--threads 1] [--data FILE]
 
 Greedy decoding of the same prompts at each batch size (batch size 1 = one prompt at a time); prints a markdown table
 of wall time, generated tokens, tokens/s and speed-up over batch size 1, and how many replies equal the one-at-a-time
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=16, help="number of prompts")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-sizes", default="1,4,16")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared machine (no OpenMP spin-waits)")
     ap.add_argument("--data", default=None, help="chat JSONL whose prompts to use instead of the built-in questions")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)

@@ -43,6 +43,10 @@ class EvalConfig:
     )
     show_examples: int = field(default=5, metadata={"help": "examples of each error kind shown in report.md", "min": 0})
     charts: bool = field(default=True, metadata={"help": "write PNG charts beside the report"})
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "torch CPU threads (null = torch's default); 1 is fastest on a busy machine", "min": 1},
+    )
 
 
 @dataclass
