@@ -36,7 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from chatforge.data.schema import Conversation, PreferencePair, TextDoc
 from chatforge.errors import NotSupportedError
-from chatforge.paths import cache_dir
+from chatforge.paths import cache_dir, sha256_file
 from chatforge.templates import encode_text, get_template
 from chatforge.templates.encode import Encoded, encode_segments
 from chatforge.templates.render import render_segments
@@ -95,14 +95,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
         sort_keys=True,
     )
     return hashlib.sha256((state + extra).encode("utf-8")).hexdigest()
-
-
-def _file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def records_digest(records: Sequence) -> str:
@@ -348,7 +340,7 @@ def cached_tokenize(
     `data_files` (hashed by bytes) must identify the data, and `config` should hold the reader settings."""
     t0 = time.perf_counter()
     if data_files:
-        data_digest = hashlib.sha256("".join(_file_digest(p) for p in data_files).encode()).hexdigest()
+        data_digest = hashlib.sha256("".join(sha256_file(p) for p in data_files).encode()).hexdigest()
     else:
         if callable(records):
             records = records()

@@ -10,20 +10,12 @@ them raises a clear "not supported" error.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
 from chatforge.errors import ChatforgeError, NotSupportedError
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from chatforge.paths import sha256_file
 
 
 def write_checksums(folder: Path) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 from chatforge.errors import ChatforgeError
-from chatforge.paths import cache_dir
+from chatforge.paths import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,7 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     index = _read_json(index_path)
     if isinstance(index.get(key), str):
         return index[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk_size):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = sha256_file(path, chunk_size)
     # Re-read before writing: another process may have added entries meanwhile; the write itself is atomic.
     index = _read_json(index_path)
     index[key] = value
@@ -281,7 +276,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
     return _DTYPES[dtype]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' = CUDA when available, else CPU; asking for CUDA without it is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -317,7 +313,7 @@ def load_model(
 
     folder = resolve_model_path(spec)
     _check_weights(folder, allow_pickle)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder),
@@ -364,7 +360,7 @@ def build_model_from_init(
     if vocab_size < len(tokenizer):
         raise ChatforgeError(f"model.init.vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     torch.manual_seed(seed)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **fields))
     return model.to(device=dev, dtype=resolve_dtype(dtype, dev))
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.models.loading import resolve_device
 from chatforge.training import checkpoint as ckpt_mod
 from chatforge.training.adapters import apply_finetuning, count_parameters
 from chatforge.training.config import TrainRunConfig
@@ -50,15 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ChatforgeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu")
-    return dev
 
 
 def load_components(cfg: TrainRunConfig):
@@ -188,7 +180,7 @@ def train(cfg: TrainRunConfig) -> TrainResult:
     resume_from = _prepare_output(cfg)
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
-    device = pick_device(tcfg.device)
+    device = resolve_device(tcfg.device)
     seed_everything(tcfg.seed)
 
     model, tokenizer, template = load_components(cfg)
