@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from chatforge.data.demo_qa import REFUSALS, SYSTEM_PROMPT, build_demo_sets, write_jsonl
+from chatforge.data.convert.common import write_jsonl
+from chatforge.data.demo_qa import REFUSALS, SYSTEM_PROMPT, build_demo_sets
 
 EMBEDDED = "smollm2-135m-instruct"
 

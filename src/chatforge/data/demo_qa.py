@@ -15,11 +15,11 @@ set is all-hard. `chatforge data demo --output DIR` writes both as JSONL convers
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatforge.data.convert.common import write_jsonl
 from chatforge.data.schema import Conversation, Message
 
 SYSTEM_PROMPT = (
@@ -292,13 +292,6 @@ def build_demo_sets(n_train: int = 600, n_test: int = 120, seed: int = 0) -> tup
     train = [ex.conversation(reply=reference_reply(ex, rng)) for ex in make_split(n_train, "train", seed, 0.6)]
     test = make_split(n_test, "test", seed, 1.0)
     return train, test
-
-
-def write_jsonl(path: Path, conversations: list[Conversation]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for conv in conversations:
-            f.write(json.dumps(conv.to_dict(), ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str]) -> int:
