@@ -111,14 +111,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import torch
-
     from chatforge.models.loading import load_model_and_tokenizer
     from chatforge.serving.engine import Engine
     from chatforge.training.config import load_train_config
     from chatforge.training.loop import train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t_start = time.perf_counter()
     out = Path(args.output)
     data_dir = out / "data"
