@@ -38,7 +38,7 @@ from chatforge.data.schema import Conversation, PreferencePair, TextDoc
 from chatforge.errors import NotSupportedError
 from chatforge.paths import cache_dir, sha256_file
 from chatforge.templates import encode_text, get_template
-from chatforge.templates.encode import Encoded, encode_segments
+from chatforge.templates.encode import Encoded, encode_segments, has_forged_marker, special_strings, trained_flags
 from chatforge.templates.render import render_segments
 
 CACHE_VERSION = 1
@@ -130,58 +130,6 @@ def cache_key(
 _STATE: dict[str, Any] = {}  # what forked workers inherit (records, tokenizer, template): nothing gets pickled
 
 
-def _specials(tokenizer) -> list[str]:
-    found = set(tokenizer.all_special_tokens)
-    found.update(t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False))
-    return [s for s in found if s]
-
-
-def _trained_flags(segs, enc) -> np.ndarray:
-    """Per-token trained flags: a token is trained if any character it covers is (templates.encode's rule).
-
-    Tokens are in text order, so the tokens touching a trained segment are exactly those from the token of its first
-    character to the token of its last; that is two lookups per segment instead of one per token. Where a character
-    belongs to no token (some normalisers drop characters), fall back to comparing every token's offsets."""
-    n = len(enc.ids)
-    flags = np.zeros(n, dtype=np.uint8)
-    total = sum(len(s.text) for s in segs)
-    pos = 0
-    for seg in segs:
-        end = pos + len(seg.text)
-        if seg.trained:
-            first, last = enc.char_to_token(pos), enc.char_to_token(end - 1)
-            if first is None or last is None:
-                return _trained_flags_by_offsets(segs, enc)
-            # Several tokens can cover the segment's last character (byte-level BPE splits a multi-byte character):
-            # the tokens up to the one holding the next character all touch this segment, and that one too if it
-            # starts inside it.
-            if end < total:
-                nxt = enc.char_to_token(end)
-                if nxt is None:
-                    return _trained_flags_by_offsets(segs, enc)
-                last = max(last, nxt - 1)
-                if enc.token_to_chars(nxt)[0] < end:
-                    last = nxt
-            else:
-                last = n - 1
-            flags[first : last + 1] = 1
-        pos = end
-    return flags
-
-
-def _trained_flags_by_offsets(segs, enc) -> np.ndarray:
-    char_trained = np.zeros(sum(len(s.text) for s in segs) + 1, dtype=np.int64)
-    pos = 0
-    for seg in segs:
-        if seg.trained:
-            char_trained[pos + 1 : pos + 1 + len(seg.text)] = 1
-        pos += len(seg.text)
-    cum = np.cumsum(char_trained)
-    offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-    a, b = offsets[:, 0], offsets[:, 1]
-    return ((b > a) & (cum[b] - cum[a] > 0)).astype(np.uint8)
-
-
 def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode records[start:end] -> (flat ids int32, flat trained uint8, lengths int64)."""
     start, end = bounds
@@ -203,7 +151,7 @@ def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.n
             kind = "preference pairs" if isinstance(rec, PreferencePair) else type(rec).__name__
             raise NotSupportedError(f"the tokenization cache holds conversations and text documents, not {kind}")
         segs = render_segments(rec, template, mask)
-        if any(s in seg.text for seg in segs if seg.is_content for s in specials):
+        if has_forged_marker(segs, specials):
             # Content that spells a special token takes the careful piecewise path of the templates package.
             enc = encode_segments(segs, tokenizer)
             results[k] = (np.asarray(enc.input_ids, np.int32), np.asarray(enc.trained, np.uint8))
@@ -213,7 +161,7 @@ def _encode_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.n
         slots.append(k)
     encodings = backend.encode_batch(batch_texts, add_special_tokens=False) if batch_texts else []
     for k, segs, enc in zip(slots, batch_segs, encodings):
-        results[k] = (np.asarray(enc.ids, dtype=np.int32), _trained_flags(segs, enc))
+        results[k] = (np.asarray(enc.ids, dtype=np.int32), trained_flags(segs, enc))
     for ids, trained in results:
         if max_length is not None and len(ids) > max_length:
             ids, trained = ids[:max_length], trained[:max_length]
@@ -245,7 +193,7 @@ def tokenize_dataset(
         template=get_template(template),
         mask=mask,
         max_length=max_length,
-        specials=_specials(tokenizer),
+        specials=special_strings(tokenizer),
     )
     bounds = [(s, min(s + chunk_size, len(records))) for s in range(0, len(records), chunk_size)]
     try:

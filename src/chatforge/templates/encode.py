@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from chatforge.data.schema import Conversation
 from chatforge.errors import ChatforgeError
 from chatforge.templates.formats import ChatTemplate, get_template
@@ -37,15 +39,62 @@ class Encoded:
         return len(self.input_ids)
 
 
-def _special_strings(tokenizer) -> list[str]:
-    return [t for t in tokenizer.all_special_tokens] + [
-        tok.content for tok in tokenizer.added_tokens_decoder.values() if getattr(tok, "special", False)
-    ]
+def special_strings(tokenizer) -> list[str]:
+    """The text of every special token (compute once per tokenizer when encoding many conversations)."""
+    found = set(tokenizer.all_special_tokens)
+    found.update(t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False))
+    return [s for s in found if s]
 
 
-def _has_forged_marker(segments: list[Segment], tokenizer) -> bool:
-    specials = [s for s in set(_special_strings(tokenizer)) if s]
+def has_forged_marker(segments: list[Segment], specials: list[str]) -> bool:
+    """True when message text spells a special token (it must then be tokenized as plain text)."""
     return any(s in seg.text for seg in segments if seg.is_content for s in specials)
+
+
+def trained_flags(segs, enc) -> np.ndarray:
+    """Per-token trained flags (uint8): a token is trained if any character it covers is trained.
+
+    Tokens are in text order, so the tokens touching a trained segment are exactly those from the token of its first
+    character to the token of its last; that is two lookups per segment instead of one per token. Where a character
+    belongs to no token (some normalisers drop characters), fall back to comparing every token's offsets."""
+    n = len(enc.ids)
+    flags = np.zeros(n, dtype=np.uint8)
+    total = sum(len(s.text) for s in segs)
+    pos = 0
+    for seg in segs:
+        end = pos + len(seg.text)
+        if seg.trained:
+            first, last = enc.char_to_token(pos), enc.char_to_token(end - 1)
+            if first is None or last is None:
+                return _trained_flags_by_offsets(segs, enc)
+            # Several tokens can cover the segment's last character (byte-level BPE splits a multi-byte character):
+            # the tokens up to the one holding the next character all touch this segment, and that one too if it
+            # starts inside it.
+            if end < total:
+                nxt = enc.char_to_token(end)
+                if nxt is None:
+                    return _trained_flags_by_offsets(segs, enc)
+                last = max(last, nxt - 1)
+                if enc.token_to_chars(nxt)[0] < end:
+                    last = nxt
+            else:
+                last = n - 1
+            flags[first : last + 1] = 1
+        pos = end
+    return flags
+
+
+def _trained_flags_by_offsets(segs, enc) -> np.ndarray:
+    char_trained = np.zeros(sum(len(s.text) for s in segs) + 1, dtype=np.int64)
+    pos = 0
+    for seg in segs:
+        if seg.trained:
+            char_trained[pos + 1 : pos + 1 + len(seg.text)] = 1
+        pos += len(seg.text)
+    cum = np.cumsum(char_trained)
+    offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    a, b = offsets[:, 0], offsets[:, 1]
+    return ((b > a) & (cum[b] - cum[a] > 0)).astype(np.uint8)
 
 
 def _backend(tokenizer):
@@ -57,17 +106,9 @@ def _backend(tokenizer):
 
 def _encode_one_shot(segments: list[Segment], tokenizer) -> Encoded:
     text = "".join(s.text for s in segments)
-    # Character-level trained flags, then a token is trained if any character it covers is trained. Special tokens
-    # cover their own marker text, so an end-of-turn marker inherits its segment's flag.
-    char_trained = bytearray(len(text))
-    pos = 0
-    for seg in segments:
-        if seg.trained:
-            char_trained[pos : pos + len(seg.text)] = b"\x01" * len(seg.text)
-        pos += len(seg.text)
     enc = _backend(tokenizer).encode(text, add_special_tokens=False)
-    trained = [any(char_trained[a:b]) if b > a else False for a, b in enc.offsets]
-    return Encoded(list(enc.ids), trained)
+    # Special tokens cover their own marker text, so an end-of-turn marker inherits its segment's flag.
+    return Encoded(list(enc.ids), trained_flags(segments, enc).astype(bool).tolist())
 
 
 def _encode_piecewise(segments: list[Segment], tokenizer) -> Encoded:
@@ -88,7 +129,7 @@ def _encode_piecewise(segments: list[Segment], tokenizer) -> Encoded:
 
 
 def encode_segments(segments: list[Segment], tokenizer) -> Encoded:
-    if _has_forged_marker(segments, tokenizer):
+    if has_forged_marker(segments, special_strings(tokenizer)):
         return _encode_piecewise(segments, tokenizer)
     return _encode_one_shot(segments, tokenizer)
 
@@ -136,7 +177,7 @@ def prepare_tokenizer(tokenizer, template: ChatTemplate | str) -> int:
     missing = [t for t in template.special_tokens if t not in vocab]
     added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
     # Markers present in the vocabulary but not registered as special must be special, or text could forge them.
-    specials = set(_special_strings(tokenizer))
+    specials = set(special_strings(tokenizer))
     unregistered = [t for t in template.special_tokens if t not in specials]
     if unregistered:
         tokenizer.add_special_tokens({"additional_special_tokens": unregistered})
