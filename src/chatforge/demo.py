@@ -60,7 +60,7 @@ def evaluate_qa(engine, examples, max_new_tokens: int, batch_size: int) -> tuple
 
 def train_config(output: Path, data_dir: Path, model: str, args) -> dict:
     return {
-        "model": {"name_or_path": model},
+        "model": {"name_or_path": model, "device": "cpu"},  # the measured CPU demo, also where a GPU is present
         "data": {"train": [str(data_dir / "train.jsonl")], "val_size": 0.05, "max_length": 512, "seed": args.seed},
         "template": {"name": args.template, "mask": "all_assistant"},
         "peft": {"finetuning": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["all-linear"]},
@@ -73,7 +73,6 @@ def train_config(output: Path, data_dir: Path, model: str, args) -> dict:
             "warmup_ratio": 0.1,
             "batching": "packed" if args.packed else "length_grouped",
             "seed": args.seed,
-            "device": "cpu",
             "eval_every": 0,
             "save_every": 0,
             "tensorboard": False,
@@ -111,10 +110,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    from chatforge.models.loading import load_model_and_tokenizer
     from chatforge.serving.engine import Engine
     from chatforge.training.config import load_train_config
-    from chatforge.training.loop import train
+    from chatforge.training.recipes import train
 
     t_start = time.perf_counter()
     out = Path(args.output)
@@ -126,11 +124,10 @@ def main(argv: list[str]) -> int:
         f"[1/4] data: {len(train_convs)} training conversations, {len(test_examples)} held-out questions -> {data_dir}"
     )
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    base = Engine(model, tokenizer, args.template)
+    base = Engine.load(args.model, template=args.template)
     before, before_rows = evaluate_qa(base, test_examples, args.max_new_tokens, batch_size=16)
     print(f"[2/4] base model: {json.dumps(before)}")
-    del base, model
+    del base
 
     cfg_path = out / "train.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import losses, run_config  # noqa: E402
 
 from chatforge.errors import ChatforgeError
-from chatforge.training.loop import train
+from chatforge.training import train
 
 
 def test_flex_attention_is_refused_on_cpu(tmp_path):
-    cfg = run_config(tmp_path, "train.batching=packed", "train.attention=flex", "train.device=cpu", "train.max_steps=1")
+    cfg = run_config(tmp_path, "train.batching=packed", "train.attention=flex", "model.device=cpu", "train.max_steps=1")
     with pytest.raises(ChatforgeError, match="CUDA"):
         train(cfg)
 
@@ -24,7 +24,7 @@ def test_flex_attention_is_refused_on_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_packed_flex_losses_equal_the_mask_path(tmp_path):
-    common = ["train.batching=packed", "train.device=cuda", "train.max_steps=3", "peft.dropout=0"]
+    common = ["train.batching=packed", "model.device=cuda", "train.max_steps=3", "peft.dropout=0"]
     mask = train(run_config(tmp_path / "a", *common, "train.attention=mask"))
     flex = train(run_config(tmp_path / "b", *common, "train.attention=flex"))
     assert "flex_attention" in flex.summary["speedups"]

@@ -84,3 +84,59 @@ def test_chunked_cross_entropy_no_grad_and_all_ignored():
     loss_sum, n, _ = trained_token_loss(model, batch)
     assert n.item() == 0 and loss_sum.item() == 0.0
     loss_sum.backward()  # still differentiable, contributes zero
+
+
+def _decoder_direct_loss(model, batch):
+    """The loss as chatforge computed it before it went through PeftModel.forward: the decoder called directly."""
+    base = model.get_base_model()
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    return chunked_cross_entropy(hidden[:, :-1][keep], base.get_output_embeddings(), targets[keep])[0]
+
+
+def test_lora_loss_through_peft_forward_equals_the_decoder_direct_loss():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(300), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero B so the adapter really changes the output
+            torch.nn.init.normal_(p, std=0.2)
+    batch = _batch(300)
+    ours = trained_token_loss(model, batch)[0]
+    ref = _decoder_direct_loss(model, batch)
+    assert abs(float(ours) - float(ref)) <= 1e-6 * max(1.0, abs(float(ref)))
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning", "prefix"])
+def test_virtual_token_methods_equal_the_loss_from_peft_logits(method):
+    """Prompt tuning / P-tuning add virtual tokens inside PeftModel.forward, prefix tuning adds key/values: the
+    fused trained-token loss must equal the cross-entropy of the PeftModel's own logits on the same labels."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = tiny_llama(300)
+    config = {
+        "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+        "p_tuning": PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=32),
+        "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+    }[method]
+    model = get_peft_model(base, config)
+    model.eval()  # no dropout: both computations see the same network
+    batch = _batch(300)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1] :]  # drop the virtual positions
+    targets = batch["labels"][:, 1:]
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 300).float(), targets.reshape(-1), reduction="sum")
+    with torch.no_grad():
+        ours, n, _ = trained_token_loss(model, batch)
+    assert int(n) == int((targets != -100).sum())
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+    # and gradients reach the virtual-token parameters
+    model.train()
+    trained_token_loss(model, batch)[0].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

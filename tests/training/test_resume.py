@@ -35,6 +35,20 @@ SETTINGS = [
 ]
 
 
+# The CLI in a child process whose optimizer steps are slowed down, so the test can kill it between checkpoints
+# (the slowing lives here, in the test, not in the training code).
+SLOW_TRAIN = """
+import sys, time, torch
+step = torch.optim.AdamW.step
+def slow_step(self, *args, **kwargs):
+    time.sleep(0.15)
+    return step(self, *args, **kwargs)
+torch.optim.AdamW.step = slow_step
+from chatforge.cli import main
+sys.exit(main(["train", sys.argv[1]]))
+"""
+
+
 def _max_diff(a: dict[int, float], b: dict[int, float]) -> float:
     assert a.keys() == b.keys(), (sorted(a), sorted(b))
     return max(abs(a[k] - b[k]) for k in a)
@@ -112,9 +126,9 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     out = Path(cfg.output.dir)
-    env = {**os.environ, "CHATFORGE_DEBUG_STEP_DELAY": "0.15", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatforge.cli", "train", str(cfg_path)],
+        [sys.executable, "-c", SLOW_TRAIN, str(cfg_path)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

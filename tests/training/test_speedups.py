@@ -7,8 +7,10 @@ import torch
 
 from chatforge.errors import ChatforgeError
 from chatforge.models.tiny import tiny_llama
+from chatforge.training.config import TrainConfig
 from chatforge.training.losses import trained_token_loss
-from chatforge.training.speedups import SpeedConfig, apply_speedups, make_optimizer, wrap_layers
+from chatforge.training.optim import make_optimizer
+from chatforge.training.speedups import SpeedConfig, apply_speedups, wrap_layers
 
 
 def _grads(model, batch):
@@ -48,7 +50,7 @@ def test_defaults_change_nothing_and_bad_ratio_is_reported():
     model = tiny_llama(100)
     assert apply_speedups(model, SpeedConfig()) == []
     assert wrap_layers(model) == (0, False)
-    opt = make_optimizer(model, SpeedConfig(), lr=1e-3)
-    assert not opt.defaults.get("fused")  # fused AdamW only on CUDA
+    tcfg = TrainConfig(learning_rate=1e-3)
+    assert not make_optimizer(model, tcfg).defaults.get("fused")  # fused AdamW only on CUDA
     with pytest.raises(ChatforgeError, match="checkpoint_ratio"):
         SpeedConfig(checkpoint_ratio=1.5)

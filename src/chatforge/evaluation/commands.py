@@ -56,8 +56,7 @@ def load_engine(cfg: EvalRunConfig) -> Any:
     """The generation engine for the configured model, adapter and template."""
     from chatforge.serving.engine import Engine
 
-    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
-    return Engine.load(cfg.model.name_or_path, adapter=cfg.model.adapter, template=cfg.template.name, dtype=dtype)
+    return Engine.from_config(cfg.model, cfg.template)
 
 
 def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, Any]]:

@@ -397,57 +397,35 @@ def load_model_and_tokenizer(
 ):
     """(model, tokenizer) for a spec, optionally from scratch (`init`) and with a PEFT adapter on top.
 
-    The tokenizer comes from `tokenizer` if given, else from the adapter folder when it holds one (training may have
-    added marker tokens), else from the model. Embeddings are grown to fit the tokenizer / adapter before the adapter
-    is attached, so adapters trained with new tokens load.
+    A plain-argument front to the one assembly (`chatforge.models.assembly.assemble`), which see; the tokenizer is
+    returned as loaded (no template markers added).
     """
-    adapter_dir = Path(adapter).expanduser() if adapter is not None else None
-    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-        raise ChatforgeError(f"adapter {str(adapter)!r} not found: expected a folder with adapter_config.json")
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
-    elif adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
-        tok = load_tokenizer(adapter_dir, trust_remote_code=trust_remote_code)
-    else:
-        tok = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    if init is not None:
-        model = build_model_from_init(init, tok, dtype=dtype, device=device, seed=seed)
-    else:
-        model = load_model(
-            spec, dtype=dtype, device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
-        )
-    if adapter_dir is not None:
-        _check_weights(adapter_dir, allow_pickle, what="adapter")
-        needed = max(len(tok), _adapter_vocab_rows(adapter_dir))
-        if needed > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(needed)
-        from peft import PeftModel
+    from chatforge.config import ModelConfig
+    from chatforge.models.assembly import assemble
 
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ChatforgeError(f"cannot apply adapter {adapter_dir}: {type(err).__name__}: {err}") from err
-        if not adapter_trainable:
-            model.eval()
-    return model, tok
-
-
-def load_from_config(model_cfg, *, device: str | torch.device = "cpu", adapter_trainable: bool = False):
-    """(model, tokenizer) from a `chatforge.config.ModelConfig` section."""
-    tok_spec = model_cfg.tokenizer
-    if model_cfg.init is not None and tok_spec is None:
-        tok_spec = model_cfg.name_or_path  # from scratch: the named model lends only its tokenizer
-    return load_model_and_tokenizer(
-        model_cfg.name_or_path,
-        adapter=model_cfg.adapter,
-        tokenizer=tok_spec,
-        init=model_cfg.init,
-        dtype=model_cfg.dtype,
-        device=device,
-        allow_pickle=model_cfg.allow_pickle,
-        trust_remote_code=model_cfg.trust_remote_code,
-        adapter_trainable=adapter_trainable,
+    cfg = ModelConfig(
+        name_or_path=str(spec),
+        adapter=None if adapter is None else str(adapter),
+        dtype=dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."),
+        device=str(device),
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        init=None if init is None else dict(init),
+        tokenizer=None if tokenizer is None else str(tokenizer),
     )
+    parts = assemble(
+        cfg, purpose="train" if adapter_trainable else "infer", finetuning="lora", seed=seed, prepare_template=False
+    )
+    return parts.model, parts.tokenizer
+
+
+def load_from_config(model_cfg, *, adapter_trainable: bool = False):
+    """(model, tokenizer) from a `chatforge.config.ModelConfig` section (on `model_cfg.device`)."""
+    from chatforge.models.assembly import assemble
+
+    purpose = "train" if adapter_trainable else "infer"
+    parts = assemble(model_cfg, purpose=purpose, finetuning="lora", prepare_template=False)
+    return parts.model, parts.tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------------

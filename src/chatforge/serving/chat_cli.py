@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest on a busy machine)")
     return ap
 

@@ -335,14 +335,24 @@ class Engine:
         model_spec: str,
         adapter: str | None = None,
         template: str | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
+        dtype: str = "auto",
+        device: str = "auto",
     ) -> Engine:
-        """Load a model (HF folder, .gguf, or the embedded name) with an optional LoRA adapter; pick its template."""
-        from chatforge.models.loading import default_template_for, load_model_and_tokenizer
+        """Load a model (HF folder, .gguf, or the embedded name) with an optional adapter through the one assembly;
+        `device="auto"` generates on CUDA when present (bf16 weights there with `dtype="auto"`)."""
+        from chatforge.config import TemplateConfig
+        from chatforge.models.assembly import assemble, model_config
 
-        model, tokenizer = load_model_and_tokenizer(model_spec, adapter=adapter, dtype=dtype, device=device)
-        return cls(model, tokenizer, template or default_template_for(model_spec))
+        parts = assemble(model_config(model_spec, adapter, dtype=dtype, device=device), TemplateConfig(name=template))
+        return cls(parts.model, parts.tokenizer, parts.template)
+
+    @classmethod
+    def from_config(cls, model_cfg, template_cfg=None) -> Engine:
+        """The engine for a run config's `model` and `template` sections (every `model.*` key honoured)."""
+        from chatforge.models.assembly import assemble
+
+        parts = assemble(model_cfg, template_cfg)
+        return cls(parts.model, parts.tokenizer, parts.template)
 
     # -- building blocks shared with the server ------------------------------------------------------------------
 

@@ -676,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--api-key", default=os.environ.get("CHATFORGE_API_KEY"), help="require 'Authorization: Bearer KEY'"
     )
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
     ap.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
     ap.add_argument("--max-queue", type=int, default=64, help="running + waiting requests before answering 429")
     ap.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")

@@ -41,8 +41,12 @@ class TrainableSummary:
         return f"{self.method}: {self.trainable:,} trainable of {self.total:,} parameters ({pct:.2f}%)"
 
 
-def apply_finetuning(model: nn.Module, cfg: PeftConfig) -> tuple[nn.Module, TrainableSummary]:
-    """Return the model to train (a PeftModel for LoRA) with exactly the configured parameters requiring grad."""
+def apply_finetuning(
+    model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = ()
+) -> tuple[nn.Module, TrainableSummary]:
+    """Return the model to train (a PeftModel for LoRA) with exactly the configured parameters requiring grad.
+
+    `extra_modules_to_save` are trained in full beside an adapter (embeddings of newly added marker tokens)."""
     method = cfg.finetuning.lower()
     if method in _UNSUPPORTED:
         raise NotSupportedError(f"peft.finetuning={cfg.finetuning!r}: {_UNSUPPORTED[method]}; supported: {SUPPORTED}")
@@ -54,7 +58,7 @@ def apply_finetuning(model: nn.Module, cfg: PeftConfig) -> tuple[nn.Module, Trai
     elif method == "freeze":
         _freeze(model, cfg)
     else:
-        model = _lora(model, cfg)
+        model = _lora(model, cfg, extra_modules_to_save)
     return model, count_parameters(model, method)
 
 
@@ -91,7 +95,7 @@ def _freeze(model: nn.Module, cfg: PeftConfig) -> None:
         )
 
 
-def _lora(model: nn.Module, cfg: PeftConfig) -> nn.Module:
+def _lora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = ()) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.target_modules
@@ -103,7 +107,7 @@ def _lora(model: nn.Module, cfg: PeftConfig) -> nn.Module:
         lora_dropout=cfg.dropout,
         target_modules=target,
         use_dora=cfg.use_dora,
-        modules_to_save=list(cfg.modules_to_save) or None,
+        modules_to_save=list(dict.fromkeys([*cfg.modules_to_save, *extra_modules_to_save])) or None,
         task_type="CAUSAL_LM",
         bias="none",
     )

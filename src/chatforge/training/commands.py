@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     if "=" in path:  # no config file, only overrides (everything else at its default)
         path, overrides = None, argv
     cfg = load_train_config(path, overrides)
-    from chatforge.training.loop import train
+    from chatforge.training.recipes import train
 
     result = train(cfg)
     print(f"output: {result.output_dir}", file=sys.stderr)

@@ -53,7 +53,10 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"min": 0})
     warmup_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "used when warmup_steps is 0"})
     max_grad_norm: float = field(default=1.0, metadata={"min": 0, "help": "0 disables clipping"})
-    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "bf16 = autocast over fp32 weights"})
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata={"help": "bf16 = autocast (bf16 maths over the weights' dtype); auto = bf16 on CUDA, fp32 on CPU"},
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "HF activation checkpointing, all layers"})
     # Speed switches (chatforge.training.speedups); each turns itself off where it cannot apply (e.g. on CPU).
     checkpoint_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "help": "share of layers recomputed"})
@@ -65,7 +68,6 @@ class TrainConfig:
         default="mask",
         metadata={"help": "packed rows: 4D block-diagonal mask (any device) or FlexAttention document mask (CUDA)"},
     )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     num_threads: int | None = field(default=None, metadata={"min": 1, "help": "torch CPU threads"})
     log_every: int = field(default=1, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0, "help": "validation every N steps; 0 = only at the end"})
@@ -76,6 +78,16 @@ class TrainConfig:
     early_stopping_patience: int = field(default=0, metadata={"min": 0, "help": "evals without improvement; 0 = off"})
     early_stopping_min_delta: float = field(default=0.0, metadata={"min": 0})
     loss_chunk_size: int = field(default=4096, metadata={"min": 1, "help": "tokens per chunk of the output-head loss"})
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "min": 1,
+            "help": "padded batches: round lengths up to this (fewer shapes to compile); null = 64 on CUDA",
+        },
+    )
+    peak_tflops: float | None = field(
+        default=None, metadata={"gt": 0, "help": "accelerator peak (bf16 dense) for MFU; null = known GPUs only"}
+    )
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events when tensorboard is installed"})
     progress: bool = True
 

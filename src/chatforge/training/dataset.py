@@ -1,14 +1,14 @@
-"""Training data: read files, encode them with the chat template (SFT) or as raw text (continued pretraining), split
-off a validation set, and plan the batches of each epoch (length-grouped, packed or random) deterministically.
+"""Training data: read files, encode them with the chat template (SFT) or as raw text (continued pretraining), and
+split off a validation set. Batching and batch order live in `training.batching`.
 
-An example is `(input_ids, labels)` with labels -100 on untrained tokens (HF models shift labels internally). Batch
-order is a pure function of (seed, epoch), so a resumed run only needs the epoch and batch index to continue exactly.
+An example is `(input_ids, labels)` with labels -100 on untrained tokens (HF models shift labels internally).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,9 +128,9 @@ def encode_pt(records: list, tokenizer, *, max_length: int, stats: Counter) -> l
     return out
 
 
-def build_data(cfg, tokenizer, template) -> TrainData:
-    """Read, split and encode the configured training (and validation) data."""
-    dcfg, stage = cfg.data, cfg.train.stage
+def build_data(cfg, encode: Callable[[list, Counter], list[Example]]) -> TrainData:
+    """Read and split the configured training (and validation) files, then `encode(records, stats)` each part."""
+    dcfg = cfg.data
     if not dcfg.train:
         raise ChatforgeError("data.train: no training files given")
     train_recs, stats = read_files(list(dcfg.train), data_cfg=dcfg)
@@ -139,29 +139,8 @@ def build_data(cfg, tokenizer, template) -> TrainData:
         stats.update(val_skipped)
     else:
         train_recs, val_recs = split_records(train_recs, dcfg.val_size, dcfg.seed)
-    if stage == "sft":
-        kw = dict(mask=cfg.template.mask, max_length=dcfg.max_length)
-        train = encode_sft(train_recs, tokenizer, template, stats=stats, **kw)
-        val = encode_sft(val_recs, tokenizer, template, stats=stats, **kw)
-    else:
-        train = encode_pt(train_recs, tokenizer, max_length=dcfg.max_length, stats=stats)
-        val = encode_pt(val_recs, tokenizer, max_length=dcfg.max_length, stats=stats)
+    train = encode(train_recs, stats)
+    val = encode(val_recs, stats)
     if not train:
         raise ChatforgeError(f"data.train: no usable training examples ({dict(stats) or 'files are empty'})")
     return TrainData(train, val, stats)
-
-
-def plan_batches(lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int) -> list[list[int]]:
-    """The batches (lists of unit indices) of one epoch. `length_grouped` sorts by length inside shuffled windows of
-    64 batches so similar lengths share a batch (little padding) while the order stays random."""
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(len(lengths)).tolist()
-    if mode in ("random", "packed"):
-        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
-    window = batch_size * 64
-    batches: list[list[int]] = []
-    for start in range(0, len(perm), window):
-        chunk = sorted(perm[start : start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    order = rng.permutation(len(batches)).tolist()
-    return [batches[i] for i in order]

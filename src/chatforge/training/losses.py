@@ -1,7 +1,7 @@
 """Loss on trained tokens only, without ever materialising the full [tokens x vocab] logits.
 
-`trained_token_loss` runs the decoder body, keeps the hidden states only at positions whose (shifted) label is
-trained, and computes the cross-entropy over the output layer in chunks of rows. When the output layer is a plain
+`trained_token_loss` runs the model's own forward (so PEFT wrappers apply) up to the final hidden states, keeps
+them only at positions whose (shifted) label is trained, and computes the cross-entropy over the output layer in chunks of rows. When the output layer is a plain
 linear weight (frozen for LoRA, trained or tied to the embeddings for full fine-tuning) the chunks are fused: each
 chunk's logits are turned into its gradients right away (softmax - one-hot), so only [chunk x vocab] floats ever
 exist, in the forward and in the backward. Any other output module (e.g. a LoRA-wrapped lm_head) falls back to
@@ -116,6 +116,33 @@ def chunked_cross_entropy(
     return loss, correct
 
 
+def final_hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, T, H] hidden states after the final norm, from the model's own forward (a PeftModel's included).
+
+    Going through `model(...)` keeps whatever a wrapper adds there: PEFT's virtual tokens (prompt tuning, P-tuning)
+    and prefix key/values, DDP's gradient hooks. The decoder's output is captured by a forward hook and the head runs
+    on the last position only (`logits_to_keep=1`), so the full logits tensor is never built. Virtual tokens that a
+    wrapper prepended are cut off again, so position t of the result belongs to input token t.
+    """
+    decoder, _ = _parts(model)
+    captured: list[torch.Tensor] = []
+
+    def keep_output(_module, _args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    kwargs = {k: batch[k] for k in ("attention_mask", "position_ids") if batch.get(k) is not None}
+    handle = decoder.register_forward_hook(keep_output)
+    try:
+        model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=1, **kwargs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise NotSupportedError(f"expected one decoder pass per forward, saw {len(captured)}")
+    hidden = captured[0]
+    extra = hidden.shape[1] - batch["input_ids"].shape[1]
+    return hidden[:, extra:] if extra > 0 else hidden
+
+
 def trained_token_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,9 +152,8 @@ def trained_token_loss(
     position_ids. Divide loss_sum by the number of trained tokens of the whole optimizer step (summed over
     micro-batches) to get the per-token mean, which makes packed and unpacked batches give the same gradient.
     """
-    decoder, head = _parts(model)
-    kwargs = {k: batch[k] for k in ("attention_mask", "position_ids") if batch.get(k) is not None}
-    hidden = decoder(input_ids=batch["input_ids"], use_cache=False, **kwargs).last_hidden_state
+    _, head = _parts(model)
+    hidden = final_hidden_states(model, batch)
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     # Only rows that are trained go to the output layer: prompt and padding positions never get logits.

@@ -1,11 +1,17 @@
-"""Watching a run: a one-line progress display (loss, lr, tokens/s, ETA), the metrics JSONL log, and TensorBoard
-events when the `tensorboard` package is installed."""
+"""Watching a run: a one-line progress display (loss, lr, tokens/s, ETA), the metrics JSONL log, TensorBoard events
+when the `tensorboard` package is installed, and steady-state throughput with MFU.
+
+Throughput is reported in steady state: the first step of a process (allocator warm-up, first kernels) and every step
+during which torch.compile built a graph are counted as warm-up and shown apart, so a compiled run's tok/s is not
+dragged down by its compile time.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,10 +30,9 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
-        self.tokens = 0
 
-    def update(self, step: int, loss: float, lr: float, tokens: int) -> None:
-        self.tokens += tokens
+    def update(self, step: int, loss: float, lr: float, tok_per_s: float) -> None:
+        """Show a step; `tok_per_s` is the steady-state rate (see `Throughput`)."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
@@ -35,7 +40,7 @@ class Progress:
         eta = elapsed / done * (self.total - step) if done else 0.0
         line = (
             f"step {step}/{self.total} [{100 * step // max(1, self.total)}%] loss {loss:.4f} lr {lr:.2e} "
-            f"{self.tokens / max(elapsed, 1e-9):,.0f} tok/s ETA {_fmt_time(eta)}"
+            f"{tok_per_s:,.0f} tok/s ETA {_fmt_time(eta)}"
         )
         if self.tty:
             self.stream.write("\r" + line.ljust(100))
@@ -72,8 +77,10 @@ class MetricsLog:
         """Drop records past `step` (written by a run that died after its last checkpoint) before resuming."""
         if not self.path.is_file():
             return
+        from chatforge.io import atomic_write_text
+
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:
@@ -87,3 +94,119 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def compile_count() -> int:
+    """Graphs torch.compile has built in this process so far (a step that raises it was compiling)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # a torch without dynamo: nothing ever compiles
+        return 0
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, for MFU; others need train.peak_tflops.
+_PEAK_BF16 = (
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("H800", 989e12),
+    ("H20", 148e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("4090", 165e12),
+)
+
+
+def peak_flops(device, override_tflops: float | None = None) -> float | None:
+    """The accelerator's bf16 dense peak in FLOP/s: `override_tflops` if given, else from a table of known GPUs."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    return next((peak for frag, peak in _PEAK_BF16 if frag in name), None)
+
+
+@dataclass
+class FlopModel:
+    """Model FLOPs of a training step, counted as the field does (recompute is not counted as useful work):
+    per token 2N forward + 2N for input gradients + 2N' for weight gradients (N = matmul parameters, N' = the
+    trained ones: 6N for full fine-tuning, ~4N for LoRA), plus causal attention 6 * layers * width * len^2 per
+    sample of `len` tokens."""
+
+    matmul_params: int
+    trained_matmul_params: int
+    layers: int
+    attention_width: int
+
+    @classmethod
+    def of(cls, model) -> FlopModel:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = base.config
+        emb = base.get_input_embeddings().weight
+        head = getattr(base.get_output_embeddings(), "weight", None)
+        total = trained = 0
+        seen: set[int] = set()
+        for p in model.parameters():
+            if id(p) in seen or p.ndim < 2 or (p is emb and p is not head):
+                continue  # an embedding lookup is no matmul (unless the head shares its weight)
+            seen.add(id(p))
+            total += p.numel()
+            trained += p.numel() if p.requires_grad else 0
+        heads = getattr(cfg, "num_attention_heads", 0) or 0
+        head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // max(1, heads))
+        return cls(total, trained, int(getattr(cfg, "num_hidden_layers", 0) or 0), int(heads * head_dim))
+
+    def step_flops(self, tokens: int, doc_lengths: list[int]) -> float:
+        dense = (4 * self.matmul_params + 2 * self.trained_matmul_params) * tokens
+        attention = 6 * self.layers * self.attention_width * sum(n * n for n in doc_lengths)
+        return float(dense + attention)
+
+
+@dataclass
+class Throughput:
+    """Per-step tokens and times of this process, split into warm-up and steady state; MFU when the peak is known."""
+
+    flops: FlopModel | None = None
+    peak: float | None = None
+    steady_tokens: int = 0
+    steady_time: float = 0.0
+    steady_flops: float = 0.0
+    warmup_time: float = 0.0
+    warmup_steps: int = 0
+    compile_steps: int = 0
+    steps: int = 0
+
+    def record(self, tokens: int, seconds: float, doc_lengths: list[int], *, compiled: bool) -> None:
+        self.steps += 1
+        self.compile_steps += int(compiled)
+        if compiled or self.steps == 1:
+            self.warmup_steps += 1
+            self.warmup_time += seconds
+            return
+        self.steady_tokens += tokens
+        self.steady_time += seconds
+        if self.flops is not None:
+            self.steady_flops += self.flops.step_flops(tokens, doc_lengths)
+
+    def steady_tok_per_s(self) -> float:
+        return self.steady_tokens / self.steady_time if self.steady_time else 0.0
+
+    def mfu(self) -> float | None:
+        if not (self.peak and self.steady_time and self.steady_flops):
+            return None
+        return self.steady_flops / self.steady_time / self.peak
+
+    def summary(self) -> dict:
+        mfu = self.mfu()
+        return dict(
+            steady_tok_per_s=round(self.steady_tok_per_s(), 1) if self.steady_time else None,
+            steady_steps=self.steps - self.warmup_steps,
+            warmup_steps=self.warmup_steps,
+            warmup_s=round(self.warmup_time, 3),
+            compile_steps=self.compile_steps,
+            mfu=round(mfu, 4) if mfu is not None else None,
+        )

@@ -5,7 +5,8 @@
 - `compile_layers`: `torch.compile` of each decoder layer (identical layers share one compiled graph), CUDA only.
 - `checkpoint_ratio`: activation checkpointing of that fraction of the decoder layers (0 = none, 1 = all): the
   selective middle ground trades memory for recompute one layer at a time, and works with compile and peft.
-- `fused_adamw`: the single-kernel AdamW on CUDA; the standard one elsewhere.
+- `dynamic_shapes`: compile for varying batch shapes from the start (padded batches) instead of recompiling when
+  the second shape arrives.
 
 `apply_speedups(model, cfg)` returns the list of what was applied, so runs record what really happened.
 """
@@ -24,12 +25,12 @@ from chatforge.errors import ChatforgeError
 
 @dataclass
 class SpeedConfig:
-    """The four switches; the defaults are what is safe everywhere (CUDA-only ones turn themselves off on CPU)."""
+    """The switches; the defaults are what is safe everywhere (CUDA-only ones turn themselves off on CPU)."""
 
     liger: bool = False
     compile_layers: bool = False
     checkpoint_ratio: float = 0.0
-    fused_adamw: bool = True
+    dynamic_shapes: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.checkpoint_ratio <= 1.0:
@@ -72,7 +73,9 @@ def _checkpointed(forward, layer, *args, **kwargs):
     return checkpoint(forward, layer, *args, use_reentrant=False, **kwargs)
 
 
-def wrap_layers(model: torch.nn.Module, *, checkpoint_ratio: float = 0.0, compile: bool = False) -> tuple[int, bool]:
+def wrap_layers(
+    model: torch.nn.Module, *, checkpoint_ratio: float = 0.0, compile: bool = False, dynamic: bool = False
+) -> tuple[int, bool]:
     """Activation checkpointing on round(ratio * L) layers (spread evenly) and/or torch.compile of every layer.
 
     Each layer's forward is replaced in place by the class's forward called through one shared compiled function
@@ -90,7 +93,7 @@ def wrap_layers(model: torch.nn.Module, *, checkpoint_ratio: float = 0.0, compil
     if compile:
         # Guards may still specialise per layer; allow one entry per layer rather than falling back to eager at 8.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
-        forward = torch.compile(forward)
+        forward = torch.compile(forward, dynamic=True if dynamic else None)
     for i, layer in enumerate(layers):
         if i in chosen:
             layer.forward = functools.partial(_checkpointed, forward, layer)
@@ -107,18 +110,11 @@ def apply_speedups(model: torch.nn.Module, cfg: SpeedConfig) -> list[str]:
     applied = []
     if cfg.liger and apply_liger(model):
         applied.append("liger")
-    n_ckpt, compiled = wrap_layers(model, checkpoint_ratio=cfg.checkpoint_ratio, compile=cfg.compile_layers)
+    n_ckpt, compiled = wrap_layers(
+        model, checkpoint_ratio=cfg.checkpoint_ratio, compile=cfg.compile_layers, dynamic=cfg.dynamic_shapes
+    )
     if n_ckpt:
         applied.append(f"checkpoint {n_ckpt}/{len(decoder_layers(model))} layers")
     if compiled:
         applied.append("compile_layers")
     return applied
-
-
-def make_optimizer(model: torch.nn.Module, cfg: SpeedConfig, **adamw_kwargs) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; the fused kernel on CUDA when cfg.fused_adamw."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ChatforgeError("the model has no trainable parameters")
-    fused = cfg.fused_adamw and params[0].device.type == "cuda"
-    return torch.optim.AdamW(params, fused=fused or None, **adamw_kwargs)

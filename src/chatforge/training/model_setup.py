@@ -1,0 +1,111 @@
+"""The model a recipe trains: the one assembly (`models.assembly`), the fine-tuning method, speed switches, precision.
+
+`prepare_model(cfg)` returns a `TrainModel` with everything the loop needs to know about the model: the module to
+train, its tokenizer and template, the device, the autocast policy, the attention kind for packed rows, what was
+applied (speedups) and the parameter counts. Nothing in the config is changed on the way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.training.adapters import TrainableSummary, apply_finetuning, count_parameters
+from chatforge.training.speedups import SpeedConfig, apply_speedups
+
+
+@dataclass
+class TrainModel:
+    model: torch.nn.Module
+    tokenizer: object
+    template: object
+    device: torch.device
+    trainable: TrainableSummary
+    speedups: list[str]
+    attention: str  # mask | flex: how packed rows keep their samples apart
+    precision: str  # fp32 | bf16 (autocast), resolved from train.precision
+    pad_multiple: int  # padded batches round their length up to this
+
+    def autocast(self) -> AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def check_single_process() -> None:
+    """Distributed training is not implemented yet: refuse to let every torchrun rank train alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise NotSupportedError(
+            f"WORLD_SIZE={world}: multi-process (torchrun / DDP / FSDP) training is not supported yet; "
+            "run one process (one device)"
+        )
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ChatforgeError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support")
+        return precision
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16" if cuda_bf16 else "fp32"
+
+
+def prepare_model(cfg) -> TrainModel:
+    """Assemble the model for training and apply `peft`, checkpointing, speedups and the attention choice."""
+    from chatforge.models.assembly import assemble
+
+    tcfg = cfg.train
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    seed_everything(tcfg.seed)  # adapter initialisation and dropout draw from the global generators
+    parts = assemble(cfg.model, cfg.template, purpose="train", finetuning=cfg.peft.finetuning, seed=tcfg.seed)
+    model = parts.model
+    if tcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # no KV cache while training
+    if cfg.model.adapter is None:
+        # New marker tokens need trained embeddings, and an adapter must carry them to be loadable.
+        extra = ("embed_tokens", "lm_head") if parts.added_tokens else ()
+        model, trainable = apply_finetuning(model, cfg.peft, extra_modules_to_save=extra)
+    else:
+        trainable = count_parameters(model, f"lora (continuing {cfg.model.adapter})")
+    model.to(parts.device)
+    speed = SpeedConfig(
+        liger=tcfg.liger,
+        compile_layers=tcfg.compile_layers,
+        checkpoint_ratio=tcfg.checkpoint_ratio,
+        dynamic_shapes=tcfg.batching != "packed",  # padded batches vary in shape; packed rows never do
+    )
+    speedups = apply_speedups(model, speed)
+    # FlexAttention keeps packed samples apart without materialising a (rows x len x len) mask; CUDA only.
+    attention = tcfg.attention if tcfg.batching == "packed" else "mask"
+    if attention == "flex":
+        if parts.device.type != "cuda":
+            raise ChatforgeError("train.attention=flex needs a CUDA device; use train.attention=mask on CPU")
+        model.config._attn_implementation = "flex_attention"
+        speedups.append("flex_attention")
+    pad_multiple = tcfg.pad_to_multiple_of or (64 if parts.device.type == "cuda" else 1)
+    return TrainModel(
+        model=model,
+        tokenizer=parts.tokenizer,
+        template=parts.template,
+        device=parts.device,
+        trainable=trainable,
+        speedups=speedups,
+        attention=attention,
+        precision=resolve_precision(tcfg.precision, parts.device),
+        pad_multiple=pad_multiple,
+    )

@@ -1,0 +1,15 @@
+"""Training recipes, one per `train.stage`; each reads top to bottom: setup, data, objective, loop, save.
+
+RECIPES maps a stage name to its `run(cfg) -> TrainResult`; `train(cfg)` dispatches on `cfg.train.stage`.
+"""
+
+from __future__ import annotations
+
+from chatforge.training.recipes import pt, sft
+
+RECIPES = {"sft": sft.run, "pt": pt.run}
+
+
+def train(cfg):
+    """Run one training job as configured; returns the output folder and the summary written to summary.json."""
+    return RECIPES[cfg.train.stage](cfg)
