@@ -1,27 +1,30 @@
-"""Training speed: chatforge's training step against the plain transformers + PEFT reference, in one device run.
+"""Training speed through the real CLI: `chatforge train` beside the transformers + PEFT reference, in one device run.
 
-Each setting runs in its own subprocess (a fresh CUDA context, so peak memory is per setting), one JSON line each;
-the table at the end puts ours and the reference side by side: tokens/s, MFU and peak GPU memory.
+Each setting runs in its own subprocess (a fresh CUDA context, so peak memory is per setting) and gives one JSON line;
+the table at the end puts ours and the reference side by side.
 
-    python3 bench/train_speed.py --suite 7b --peer .bench_peer/hf_peft_baseline.py --out $OUT
-    python3 bench/train_speed.py --suite alpaca --lengths .bench_peer/alpaca_lengths.json
-    python3 bench/train_speed.py --suite 135m | memory | smoke (tiny shapes, runs on CPU too)
+    python3 bench/train_speed.py --suite 7b   --peer .bench/hf_peft_baseline.py --out $OUT/train_speed.jsonl
+    python3 bench/train_speed.py --suite 135m --peer .bench/hf_peft_baseline.py
+    python3 bench/train_speed.py --suite padded --alpaca .bench/alpaca_en.jsonl.gz --tokenizer .bench/smollm2-tok
+    python3 bench/train_speed.py --suite smoke      (tiny shapes; runs on CPU too)
 
-Ours = the same random-weight model shapes as the reference script, with `chatforge.training`'s pieces: the loss on
-trained tokens with a fused chunked cross-entropy (losses.py), packing with FlexAttention document masks
-(packing.py), and the speed switches (speedups.py: torch.compile of the decoder layers, selective activation
-checkpointing, Liger kernels, fused AdamW). MFU counts model FLOPs as the reference does: LoRA 4N, full 6N, plus
-causal attention 6*L*H*seq per token, over the H100's 989 TFLOP/s bf16 dense peak.
+Ours = `python -m chatforge.cli train CONFIG.yaml k=v ...` exactly as a user runs it, on a random-weight model of the
+reference's shape (`model.init` with the shape's Llama fields, built on the GPU) and the numbers it writes to
+`summary.json`: steady-state tokens/s (compile warm-up excluded; `warmup_s` shows it), MFU and peak GPU memory.
+Full-length rows come from `stage: pt` on generated text (every row `--seq` tokens, every token trained, like the
+reference's `labels=input_ids`). The reference is `../shared/bench/hf_peft_baseline.py` (plain, and `--liger` when
+liger_kernel is importable), which reports the median step after two warm-up steps.
 
-For the variable-length comparison (`--suite alpaca`) the reference is the stock HF step (`model(**batch).loss`) on
-batches of randomly ordered samples padded to their longest one, gradient checkpointing on, with and without Liger,
-exactly what the reference script does but fed real Alpaca lengths; only real tokens count. The lengths file holds
-[prompt_tokens, total_tokens] per sample (SmolLM2 tokenizer, chat format); weights and token ids are random.
+`--suite padded` compares padded (length-grouped) batches of real Alpaca conversations: ours is `stage: sft` with
+`train.batching=length_grouped`; the reference (`--ref-padded`, in this file) is the stock HF step
+(`model(**batch).loss`, gradient checkpointing as in the reference script) on randomly ordered batches padded to
+their longest sample, on the same conversations tokenized the same way. Only real tokens count on both sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -61,375 +64,342 @@ SHAPES = {
     ),
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PEAK_FLOPS = 989e12
+ENV: dict = {}  # versions and GPU, recorded with every row
+OUT_FILE: Path | None = None  # each row is appended as soon as it is measured (a killed run keeps what it had)
+WORDS = "the of and to in is was for on that with as by at from his her an are were which this be or had".split()
 
 
-# ----------------------------------------------------------------------------------------------- one setting
-def _build(a, device):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+# ----------------------------------------------------------------------------------------------- inputs
+def tiny_tokenizer_dir(work: Path) -> Path:
+    """A byte-level tokenizer built in code (any tokenizer does: ids are random-like for speed purposes)."""
+    from chatforge.models.tiny import tiny_tokenizer
 
-    if a.liger or a.impl == "ref_liger":
-        from chatforge.training.speedups import apply_liger
-
-    cfg = LlamaConfig(**SHAPES[a.shape])
-    torch.manual_seed(0)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
-    model.config._attn_implementation = "flex_attention" if a.attn == "flex" else "sdpa"
-    n_params = sum(p.numel() for p in model.parameters())
-    if a.liger or a.impl == "ref_liger":
-        if not apply_liger(model):
-            raise RuntimeError("liger requested but not applied (no CUDA or liger_kernel not importable)")
-    if a.impl.startswith("ref") and a.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if a.mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, lora_dropout=0.0))
-    return model, cfg, n_params
-
-
-def _batches(a, cfg, device):
-    """Yields (batch dict on device, real tokens) forever: fixed random rows, or Alpaca lengths packed / padded."""
-    import torch
-
-    from chatforge.training.packing import attention_inputs, collate, pack, pad_batch
-
-    g = torch.Generator().manual_seed(0)
-    if not a.lengths:
-        x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), generator=g).to(device)
-        batch = {"input_ids": x, "labels": x}
-        while True:
-            yield batch, a.batch * a.seq, a.batch * a.seq
-    pairs = json.loads(Path(a.lengths).read_text())
-    rng = random.Random(0)
-
-    def sample(i):
-        p, n = pairs[i]
-        n = min(n, a.seq)
-        ids = torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist()
-        return ids, [-100] * min(p, n) + ids[min(p, n) :]
-
-    if a.impl.startswith("ref"):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for s in range(0, len(order), a.batch):
-            ex = [sample(i) for i in order[s : s + a.batch]]
-            b = pad_batch(ex, pad_id=0)
-            yield {k: v.to(device) for k, v in b.items()}, int(b["attention_mask"].sum()), b["input_ids"].numel()
-    att = "flex" if a.attn == "flex" else "mask"
-    # Pack a window of samples at a time (as a streaming loader would), rows shuffled inside the window.
-    order = list(range(len(pairs)))
-    rng.shuffle(order)
-    window = 4000
-    for s in range(0, len(order), window):
-        rows = pack([sample(i) for i in order[s : s + window]], a.seq, overlong="truncate")
-        rng.shuffle(rows)
-        for r in range(0, len(rows) - a.batch + 1, a.batch):
-            b = collate(rows[r : r + a.batch], pad_id=0, attention=att, pad_to=a.seq)
-            real = sum(len(x) for x in rows[r : r + a.batch])
-            yield attention_inputs(b, device, attention=att), real, b["input_ids"].numel()
-
-
-def run_one(a) -> dict:
-    import torch
-
-    from chatforge.training.losses import trained_token_loss
-    from chatforge.training.speedups import SpeedConfig, apply_speedups, make_optimizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg, n_params = _build(a, device)
-    applied = []
-    if a.impl == "ours":
-        speed = SpeedConfig(liger=False, compile_layers=a.compile, checkpoint_ratio=a.ckpt_ratio)
-        applied = apply_speedups(model, speed) + (["liger"] if a.liger else [])
-    else:
-        speed = SpeedConfig()
-    opt = make_optimizer(model, speed, lr=1e-4)
-    model.train()
-    data = _batches(a, cfg, device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times, tokens, slots = [], [], []
-    t_start = time.perf_counter()
-    for _ in range(a.steps):
-        batch, real, slot = next(data)
-        slots.append(slot)
-        sync()
-        t = time.perf_counter()
-        if a.impl == "ours":
-            loss_sum, n, _ = trained_token_loss(model, batch, chunk_size=a.chunk)
-            (loss_sum / n).backward()
-        else:
-            model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        times.append(time.perf_counter() - t)
-        tokens.append(real)
-    if a.profile and device == "cuda":  # where the time goes: top kernels over two more steps, to stderr
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(2):
-                batch, _, _ = next(data)
-                loss_sum, n, _ = trained_token_loss(model, batch, chunk_size=a.chunk)
-                (loss_sum / n).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            sync()
-        print(
-            prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90),
-            file=sys.stderr,
-        )
-    warm = a.warmup
-    if a.lengths:  # variable work per step: total real tokens over total time
-        tok_s = sum(tokens[warm:]) / sum(times[warm:])
-        step_s = sum(times[warm:]) / len(times[warm:])
-    else:  # the reference's measure: median step
-        step_s = sorted(times[warm:])[len(times[warm:]) // 2]
-        tok_s = a.batch * a.seq / step_s
-    fpt = (6 if a.mode == "full" else 4) * n_params + 6 * cfg.num_hidden_layers * cfg.hidden_size * a.seq
-    return dict(
-        impl=a.impl,
-        shape=a.shape,
-        mode=a.mode,
-        batch=a.batch,
-        seq=a.seq,
-        attn=a.attn,
-        applied=applied,
-        grad_ckpt=a.grad_ckpt,
-        liger=a.liger or a.impl == "ref_liger",
-        step_s=round(step_s, 4),
-        tok_s=round(tok_s),
-        mfu=None if a.lengths else round(tok_s * fpt / PEAK_FLOPS, 3),
-        peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-        first_step_s=round(times[0], 1),
-        total_s=round(time.perf_counter() - t_start, 1),
-        real_frac=round(sum(tokens[warm:]) / sum(slots[warm:]), 3),
-    )
-
-
-# ----------------------------------------------------------------------------------------------- memory of the loss
-def loss_memory(vocabs=(32000, 152064), tokens=16384, hidden=4096) -> list[dict]:
-    """Peak extra GPU memory and time of loss+backward over [tokens x hidden] bf16 states: HF-style full logits vs ours."""
-    import torch
-    import torch.nn.functional as F
-
-    from chatforge.training.losses import chunked_cross_entropy
-
-    out = []
-    for vocab in vocabs:
-        for trained_head in (False, True):
-            for name in ("full_logits", "chunked_fused"):
-                torch.cuda.empty_cache()
-                head = torch.nn.Linear(hidden, vocab, bias=False, device="cuda", dtype=torch.bfloat16)
-                head.weight.requires_grad_(trained_head)
-                h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                y = torch.randint(0, vocab, (tokens,), device="cuda")
-                for _rep in range(3):
-                    h.grad = None
-                    head.weight.grad = None
-                    torch.cuda.synchronize()
-                    base = torch.cuda.memory_allocated()
-                    torch.cuda.reset_peak_memory_stats()
-                    t = time.perf_counter()
-                    if name == "full_logits":  # what transformers' ForCausalLMLoss does: bf16 logits, upcast, CE
-                        loss = F.cross_entropy(head(h).float(), y, reduction="sum")
-                    else:
-                        loss, _ = chunked_cross_entropy(h, head, y, chunk_size=4096)
-                    loss.backward()
-                    torch.cuda.synchronize()
-                    dt = time.perf_counter() - t
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-                out.append(
-                    dict(
-                        vocab=vocab,
-                        head_trained=trained_head,
-                        loss=name,
-                        tokens=tokens,
-                        peak_extra_GiB=round(peak, 2),
-                        ms=round(dt * 1e3, 1),
-                    )
-                )
-                del head, h, y, loss
+    out = work / "tokenizer"
+    if not (out / "tokenizer.json").is_file():
+        tiny_tokenizer().save_pretrained(out)
     return out
 
 
+def text_corpus(work: Path, tokens_needed: int) -> Path:
+    """Generated documents long enough that `stage: pt` cuts them into full `--seq`-token rows."""
+    path = work / f"corpus-{tokens_needed}.txt"
+    if not path.is_file():
+        rng = random.Random(0)
+        # ~1.5 tokens per word with the byte-level tiny tokenizer; paragraphs of ~20k words are whole documents.
+        n_words = tokens_needed
+        paragraphs, words = [], []
+        for _ in range(n_words):
+            words.append(rng.choice(WORDS))
+            if len(words) >= 20000:
+                paragraphs.append(" ".join(words) + ".")
+                words = []
+        if words:
+            paragraphs.append(" ".join(words) + ".")
+        path.write_text("\n\n".join(paragraphs) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- one setting
+def emit(row: dict) -> dict:
+    row.update(ENV)
+    line = json.dumps(row)
+    print(line, flush=True)
+    if OUT_FILE is not None:
+        with open(OUT_FILE, "a") as fh:
+            fh.write(line + "\n")
+    return row
+
+
+def run_ours(label: str, work: Path, overrides: list[str]) -> dict:
+    out = work / "runs" / label.replace(" ", "_").replace("/", "-")
+    cmd = [sys.executable, "-m", "chatforge.cli", "train", *overrides, f"output.dir={out}", "output.overwrite=true"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    row = {"side": "ours", "label": label, "command": "chatforge train " + " ".join(overrides), "rc": proc.returncode}
+    if proc.returncode != 0:
+        row["error"] = proc.stderr[-3000:]
+        return emit(row)
+    s = json.loads((out / "summary.json").read_text())
+    row.update(
+        tok_s=s.get("steady_tok_per_s"),
+        mfu=s.get("mfu"),
+        peak_GiB=s.get("peak_gpu_memory_gib"),
+        warmup_s=s.get("warmup_s"),
+        compile_steps=s.get("compile_steps"),
+        steady_steps=s.get("steady_steps"),
+        padding=s.get("padding_fraction"),
+        speedups=s.get("speedups"),
+        precision=s.get("precision"),
+        wall_s=round(time.perf_counter() - t0, 1),
+    )
+    return emit(row)
+
+
+def run_peer(label: str, peer: str, args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, peer, *args], capture_output=True, text=True)
+    row = {"side": "peer", "label": label, "command": f"{Path(peer).name} " + " ".join(args), "rc": proc.returncode}
+    if proc.returncode != 0:
+        row["error"] = proc.stderr[-3000:]
+        return emit(row)
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    row.update(tok_s=last["tok_s"], mfu=last["mfu"], peak_GiB=last["peak_GiB"])
+    return emit(row)
+
+
+def ref_padded(a) -> dict:
+    """The stock HF step on padded batches of real conversations (this file's own reference for --suite padded)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatforge.training.packing import pad_batch
+
+    examples = [tuple(x) for x in json.loads(Path(a.examples).read_text())]
+    shape = dict(SHAPES[a.shape], vocab_size=a.vocab)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**shape)).to(torch.bfloat16)
+    if a.liger:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, lora_dropout=0.0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    torch.cuda.reset_peak_memory_stats()
+    real = slots = 0
+    t_start = None
+    for step, s in enumerate(range(0, a.steps * a.batch, a.batch)):
+        if step == 2:  # two warm-up steps, as the reference script
+            torch.cuda.synchronize()
+            t_start, real, slots = time.perf_counter(), 0, 0
+        b = {k: v.cuda() for k, v in pad_batch([examples[i] for i in order[s : s + a.batch]], 0).items()}
+        model(**b).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        real += int(b["attention_mask"].sum())
+        slots += b["input_ids"].numel()
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t_start
+    return dict(
+        tok_s=round(real / dt),
+        real_frac=round(real / slots, 3),
+        peak_GiB=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    )
+
+
 # ----------------------------------------------------------------------------------------------- suites
-def suites(peer: str, lengths: str | None) -> dict[str, list[tuple[str, list[str]]]]:
-    """(label, argv) per setting. 'peer' runs the reference script itself; 'ours'/'ref' run this file's step."""
-    me = [sys.executable, __file__, "--one"]
-    ref = [sys.executable, peer]
-    L7 = ["--shape", "llama2-7b", "--mode", "lora", "--seq", "2048"]
-    S = ["--shape", "smollm2-135m", "--mode", "full", "--seq", "2048"]
-    al = ["--lengths", lengths or ".bench_peer/alpaca_lengths.json"]
-    return {
-        "7b": [
-            ("peer plain ckpt bs4", ref + L7 + ["--batch", "4", "--grad-ckpt"]),
-            ("peer liger ckpt bs4", ref + L7 + ["--batch", "4", "--grad-ckpt", "--liger"]),
-            ("ours compile ckpt1.0 bs4", me + L7 + ["--batch", "4", "--compile", "--ckpt-ratio", "1.0"]),
-            ("ours compile ckpt0.875 bs2", me + L7 + ["--batch", "2", "--compile", "--ckpt-ratio", "0.875"]),
-            ("peer liger bs2", ref + L7 + ["--batch", "2", "--liger"]),
-            ("ours compile bs2", me + L7 + ["--batch", "2", "--compile"]),
-            ("ours compile bs4", me + L7 + ["--batch", "4", "--compile"]),
-        ],
-        "135m": [
-            ("peer liger bs32", ref + S + ["--batch", "32", "--liger"]),
-            ("ours compile bs32", me + S + ["--batch", "32", "--compile"]),
-            ("ours compile bs48", me + S + ["--batch", "48", "--compile"]),
-            ("ours liger bs32", me + S + ["--batch", "32", "--liger"]),
-            ("ours compile ckpt0.5 bs64", me + S + ["--batch", "64", "--compile", "--ckpt-ratio", "0.5"]),
-        ],
-        "alpaca": [
-            (
-                "ref plain padded bs8 ckpt",
-                me + L7 + ["--impl", "ref", "--batch", "8", "--grad-ckpt", "--steps", "30"] + al,
-            ),
-            (
-                "ref liger padded bs8 ckpt",
-                me + L7 + ["--impl", "ref_liger", "--batch", "8", "--grad-ckpt", "--steps", "30"] + al,
-            ),
-            (
-                "ours packed flex compile ckpt1.0 bs4",
-                me + L7 + ["--batch", "4", "--attn", "flex", "--compile", "--ckpt-ratio", "1.0", "--steps", "14"] + al,
-            ),
-        ],
-        "smoke": [
-            ("ours tiny", me + ["--shape", "tiny", "--mode", "lora", "--batch", "2", "--seq", "128", "--steps", "4"]),
-            (
-                "ours tiny packed",
-                me + ["--shape", "tiny", "--mode", "lora", "--batch", "2", "--seq", "256", "--steps", "4"] + al,
-            ),
-            (
-                "ref tiny padded",
-                me
-                + [
-                    "--shape",
-                    "tiny",
-                    "--mode",
-                    "lora",
-                    "--impl",
-                    "ref",
-                    "--batch",
-                    "4",
-                    "--seq",
-                    "256",
-                    "--steps",
-                    "4",
-                    "--grad-ckpt",
-                ]
-                + al,
-            ),
-            (
-                "ours tiny full ckpt",
-                me
-                + [
-                    "--shape",
-                    "tiny",
-                    "--mode",
-                    "full",
-                    "--batch",
-                    "2",
-                    "--seq",
-                    "128",
-                    "--steps",
-                    "4",
-                    "--ckpt-ratio",
-                    "0.5",
-                ],
-            ),
-        ],
-    }
+def init_override(shape: str) -> str:
+    fields = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in SHAPES[shape].items())
+    return "model.init={" + fields + "}"
 
 
-def orchestrate(args) -> int:
-    out = Path(args.out or os.environ.get("OUT") or "bench_out")
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
-    table = suites(args.peer, args.lengths)
-    results = []
-    with open(out / "results.jsonl", "a") as res, open(out / "log.txt", "a") as log:
-        for suite in args.suite.split(","):
-            if suite == "memory":
-                import torch
+def common_pt(work: Path, shape: str, seq: int, batch: int, steps: int) -> list[str]:
+    corpus = text_corpus(work, int(2.0 * seq * batch * (steps + 2)))
+    return [
+        "model.name_or_path=scratch",
+        f"model.tokenizer={tiny_tokenizer_dir(work)}",
+        init_override(shape),
+        f"data.train=[{corpus}]",
+        f"data.max_length={seq}",
+        "train.stage=pt",
+        "train.batching=packed",
+        f"train.batch_size={batch}",
+        f"train.max_steps={steps}",
+        "train.learning_rate=1e-4",
+        "train.max_grad_norm=0",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "template.name=chatml",
+    ]
 
-                if torch.cuda.is_available():
-                    for r in loss_memory():
-                        print(json.dumps(r), flush=True)
-                        res.write(json.dumps(dict(suite="memory", **r)) + "\n")
-                continue
-            for label, argv in table[suite]:
-                if args.only and not any(o in label for o in args.only.split(",")):
-                    continue
-                t = time.time()
-                try:
-                    p = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, env=env)
-                    text, rc = p.stdout + p.stderr, p.returncode
-                except subprocess.TimeoutExpired as e:
-                    text, rc = f"{e.stdout or ''}{e.stderr or ''}\nTIMEOUT after {args.timeout}s", 124
-                log.write(f"==== {suite} | {label} | rc={rc} | {time.time() - t:.0f}s\n{text}\n")
-                log.flush()
-                line = next(
-                    (s for s in reversed((p.stdout if rc == 0 else "").splitlines()) if s.startswith("{")), None
-                )
-                r = dict(suite=suite, label=label, rc=rc, wall_s=round(time.time() - t))
-                if line:
-                    r.update(json.loads(line))
-                else:
-                    r["error"] = [s for s in text.strip().splitlines() if s.strip()][-1:] or ["no output"]
-                results.append(r)
-                res.write(json.dumps(r) + "\n")
-                res.flush()
-                print(json.dumps(r), flush=True)
-    print(f"\n{'suite':7} {'setting':40} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9} {'real':>5}  note")
-    for r in results:
-        note = (
-            "; ".join(r.get("applied", []) or []) if "error" not in r else f"FAILED rc={r['rc']}: {r['error'][0][:90]}"
+
+LORA = [
+    "peft.finetuning=lora",
+    "peft.r=16",
+    "peft.alpha=32",
+    "peft.dropout=0",
+    f"peft.target_modules=[{','.join(LORA_TARGETS)}]",
+]
+
+
+def suite_7b(a, work: Path) -> list[dict]:
+    rows = []
+    peer = ["--shape", "llama2-7b", "--mode", "lora", "--seq", "2048"]
+    rows.append(run_peer("peer plain ckpt bs4", a.peer, [*peer, "--batch", "4", "--grad-ckpt"]))
+    if a.liger:
+        rows.append(run_peer("peer liger ckpt bs4", a.peer, [*peer, "--batch", "4", "--grad-ckpt", "--liger"]))
+        rows.append(run_peer("peer liger bs2 (no ckpt)", a.peer, [*peer, "--batch", "2", "--liger"]))
+    base = common_pt(work, "llama2-7b", 2048, 4, a.steps) + LORA + ["train.compile_layers=true"]
+    for label, extra in a.variants_7b:
+        rows.append(run_ours(label, work, base + extra))
+    return rows
+
+
+def suite_135m(a, work: Path) -> list[dict]:
+    rows = []
+    peer = ["--shape", "smollm2-135m", "--mode", "full", "--seq", "2048"]
+    rows.append(run_peer("peer plain bs16", a.peer, [*peer, "--batch", "16"]))
+    if a.liger:
+        rows.append(run_peer("peer liger bs32", a.peer, [*peer, "--batch", "32", "--liger"]))
+    for batch in a.batches_135m:
+        base = common_pt(work, "smollm2-135m", 2048, batch, a.steps) + [
+            "peft.finetuning=full",
+            "train.compile_layers=true",
+        ]
+        rows.append(run_ours(f"ours full compile bs{batch}", work, base))
+        if a.liger:
+            rows.append(run_ours(f"ours full compile+liger bs{batch}", work, base + ["train.liger=true"]))
+    return rows
+
+
+def suite_padded(a, work: Path) -> list[dict]:
+    """Real Alpaca conversations: ours length-grouped through the CLI vs the padded HF reference."""
+    from chatforge.data.readers import read_records
+    from chatforge.models.loading import load_tokenizer
+    from chatforge.templates import encode_conversation, get_template, prepare_tokenizer
+
+    data = Path(a.alpaca)
+    tok = load_tokenizer(a.tokenizer)
+    template = get_template("smollm2")
+    prepare_tokenizer(tok, template)
+    records = list(read_records(str(data)).records)[: a.padded_samples]
+    examples = []
+    for conv in records:
+        enc = encode_conversation(conv, tok, template)
+        ids, labels = list(enc.input_ids)[:2048], list(enc.labels())[:2048]
+        examples.append((ids, labels))
+    ex_path = work / "padded_examples.json"
+    ex_path.write_text(json.dumps(examples))
+    mean = sum(len(e[0]) for e in examples) / len(examples)
+    rows = []
+    for liger in [False, True] if a.liger else [False]:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--ref-padded",
+            "--examples",
+            str(ex_path),
+            "--vocab",
+            str(len(tok)),
+            "--batch",
+            "8",
+            "--steps",
+            str(a.padded_ref_steps),
+        ]
+        proc = subprocess.run(cmd + (["--liger"] if liger else []), capture_output=True, text=True)
+        label = "peer-style HF padded bs8 ckpt" + (" + liger" if liger else "")
+        row = {"side": "peer", "label": label, "rc": proc.returncode, "mean_len": round(mean, 1)}
+        if proc.returncode == 0:
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        else:
+            row["error"] = proc.stderr[-3000:]
+        rows.append(emit(row))
+    shape = dict(SHAPES["llama2-7b"], vocab_size=len(tok))
+    fields = ", ".join(f"{k}: {v}" for k, v in shape.items())
+    ours = [
+        "model.name_or_path=scratch",
+        f"model.tokenizer={a.tokenizer}",
+        "model.init={" + fields + "}",
+        f"data.train=[{data}]",
+        f"data.max_samples={a.padded_samples}",
+        "data.max_length=2048",
+        "template.name=smollm2",
+        "train.batching=length_grouped",
+        "train.max_grad_norm=0",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.compile_layers=true",
+        "train.checkpoint_ratio=1.0",
+        *LORA,
+    ]
+    for batch, steps in a.padded_ours:
+        rows.append(
+            run_ours(
+                f"ours length_grouped bs{batch}", work, ours + [f"train.batch_size={batch}", f"train.max_steps={steps}"]
+            )
         )
-        print(
-            f"{r['suite']:7} {r['label']:40} {r.get('tok_s', ''):>9} {r.get('mfu') or '':>6} "
-            f"{r.get('peak_GiB') or '':>9} {r.get('real_frac', ''):>5}  {note}"
-        )
-    return 0
+    return rows
+
+
+def suite_smoke(a, work: Path) -> list[dict]:
+    base = common_pt(work, "tiny", 256, 2, 6) + ["peft.finetuning=full", "train.num_threads=1"]
+    return [
+        run_ours("ours tiny full", work, base),
+        run_ours("ours tiny lora", work, common_pt(work, "tiny", 256, 2, 6) + LORA),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--one", action="store_true", help="run one setting in this process and print one JSON line")
-    ap.add_argument("--suite", default="7b", help="comma list of: 7b, 135m, alpaca, memory, smoke")
-    ap.add_argument("--only", default="", help="comma list of substrings: run only settings whose label has one")
-    ap.add_argument("--peer", default=".bench_peer/hf_peft_baseline.py")
-    ap.add_argument("--lengths", default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--timeout", type=int, default=240)
-    ap.add_argument("--impl", default="ours", choices=["ours", "ref", "ref_liger"])
-    ap.add_argument("--shape", default="llama2-7b", choices=SHAPES)
-    ap.add_argument("--mode", default="lora", choices=["lora", "full"])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "flex"])
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--ckpt-ratio", type=float, default=0.0)
-    ap.add_argument("--grad-ckpt", action="store_true", help="reference only: HF gradient checkpointing")
-    ap.add_argument("--liger", action="store_true")
-    ap.add_argument("--chunk", type=int, default=4096)
-    ap.add_argument("--profile", action="store_true", help="ours: print the top CUDA kernels of two extra steps")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", default="smoke", choices=["7b", "135m", "padded", "smoke"])
+    ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
+    ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")
+    ap.add_argument("--out", help="append JSON lines here")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--alpaca", help="--suite padded: conversations file (e.g. Alpaca as OpenAI messages, .jsonl.gz)")
+    ap.add_argument("--tokenizer", help="--suite padded: tokenizer folder")
+    ap.add_argument("--padded-samples", type=int, default=4000)
+    ap.add_argument("--padded-ref-steps", type=int, default=40)
+    # internal: the padded reference in its own process
+    ap.add_argument("--ref-padded", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--examples", help=argparse.SUPPRESS)
+    ap.add_argument("--vocab", type=int, default=49152, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--shape", default="llama2-7b", help=argparse.SUPPRESS)
+    ap.add_argument("--liger", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if not a.one:
-        return orchestrate(a)
-    if a.attn == "flex" and not a.lengths:
-        a.attn = "sdpa"  # full-length rows: one document per row, plain causal SDPA (flash) is the fast path
-    print(json.dumps(run_one(a)), flush=True)
+    if a.ref_padded:
+        print(json.dumps(ref_padded(a)))
+        return 0
+    a.liger = importlib.util.find_spec("liger_kernel") is not None
+    a.variants_7b = [
+        ("ours lora compile ckpt 32/32 bs4", ["train.checkpoint_ratio=1.0"]),
+        ("ours lora compile ckpt 28/32 bs4", ["train.checkpoint_ratio=0.875"]),
+        ("ours lora compile no-ckpt bs4", []),
+    ]
+    a.batches_135m = [32, 48]
+    a.padded_ours = [(8, 40), (16, 24)]
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    global OUT_FILE
+    OUT_FILE = Path(a.out) if a.out else None
+    ENV.update(suite=a.suite, torch=_version("torch"), transformers=_version("transformers"), peft=_version("peft"))
+    ENV.update(liger=_version("liger_kernel") if a.liger else None, gpu=_gpu_name())
+    rows = {"7b": suite_7b, "135m": suite_135m, "padded": suite_padded, "smoke": suite_smoke}[a.suite](a, work)
+    print(f"\n{'side':5} {'setting':38} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9}  note")
+    for r in rows:
+        note = r.get("error", "").strip().splitlines()[-1][:80] if r.get("error") else ""
+        if r.get("warmup_s") is not None:
+            note = f"warm-up {r['warmup_s']} s, {r.get('compile_steps')} compile steps " + note
+        print(
+            f"{r['side']:5} {r['label']:38} {r.get('tok_s') or '':>9} {r.get('mfu') or '':>6} {r.get('peak_GiB') or '':>9}  {note}"
+        )
     return 0
 
 
+def _version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_gguf import write_tiny_gguf  # tests/models is on sys.path (pytest rootdir-relative import)
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from chatforge.errors import ChatforgeError
@@ -27,6 +26,15 @@ from chatforge.models.loading import (
     resolve_model_path,
 )
 from chatforge.models.tiny import tiny_llama
+
+
+def _gguf_writer():
+    """The hermetic GGUF writer needs the optional `gguf` package (absent on a GPU machine with only torch)."""
+    pytest.importorskip("gguf", reason="the gguf package is not installed")
+    from tiny_gguf import write_tiny_gguf  # tests/models is on sys.path (pytest rootdir-relative import)
+
+    return write_tiny_gguf
+
 
 TEXT = "Hello world! <|im_start|>user The quick brown fox 北京"
 
@@ -241,6 +249,7 @@ def test_sha256_is_cached_by_path_size_mtime(tmp_path):
 def test_tiny_gguf_converted_once_and_reused(tmp_path, tiny_tok):
     ref = tiny_llama(len(tiny_tok), seed=3)
     template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    write_tiny_gguf = _gguf_writer()
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf", ref, tiny_tok, chat_template=template)
     folder = resolve_model_path(gguf)
     assert folder == tmp_path / "home" / "models" / hashlib.sha256(gguf.read_bytes()).hexdigest()
@@ -262,6 +271,7 @@ def test_tiny_gguf_converted_once_and_reused(tmp_path, tiny_tok):
 
 
 def test_interrupted_conversion_leaves_no_cache_entry(tmp_path, tiny_tok, monkeypatch):
+    write_tiny_gguf = _gguf_writer()
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama(len(tiny_tok)), tiny_tok)
 
     def crash(*args, **kwargs):

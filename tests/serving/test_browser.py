@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 from conftest import PLAIN_REPLY, endless_model, scripted_model, serve_in_thread
 
 from chatforge.serving.engine import Engine

@@ -6,6 +6,8 @@ import json
 import time
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 from conftest import PLAIN_REPLY, TOOL_SPEC, endless_model
 from fastapi.testclient import TestClient
 

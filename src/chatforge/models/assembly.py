@@ -108,7 +108,7 @@ def assemble(
     device = resolve_device(model_cfg.device)
     adapter_dir = Path(model_cfg.adapter).expanduser() if model_cfg.adapter is not None else None
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-        raise ChatforgeError(f"model.adapter {str(model_cfg.adapter)!r}: expected a folder with adapter_config.json")
+        raise ChatforgeError(f"adapter {str(model_cfg.adapter)!r} not found: expected a folder with adapter_config.json")
     if purpose == "train" and adapter_dir is not None and (finetuning or "").lower() not in ADAPTER_METHODS:
         raise ChatforgeError("model.adapter (continue training an adapter) works with peft.finetuning=lora only")
 
@@ -126,7 +126,7 @@ def assemble(
 
     dtype = weights_dtype(model_cfg.dtype, device, purpose=purpose, finetuning=finetuning)
     if model_cfg.init is not None:
-        model = build_model_from_init(model_cfg.init, tokenizer, dtype=dtype, seed=seed)
+        model = build_model_from_init(model_cfg.init, tokenizer, dtype=dtype, device=device, seed=seed)
     else:
         model = load_model(
             model_cfg.name_or_path,

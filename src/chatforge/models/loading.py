@@ -361,8 +361,10 @@ def build_model_from_init(
         raise ChatforgeError(f"model.init.vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     torch.manual_seed(seed)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **fields))
-    return model.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    # Built directly on the device in its dtype: a 7B model initialised on the CPU in fp32 would take minutes.
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **fields), dtype=resolve_dtype(dtype, dev))
+    return model
 
 
 def _adapter_vocab_rows(adapter: Path) -> int:

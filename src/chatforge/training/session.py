@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from chatforge.training import checkpoint as ckpt_mod
 from chatforge.training.batching import Batches
 from chatforge.training.dataset import TrainData
@@ -84,6 +86,8 @@ def run_session(
     for note, count in data.stats.items():
         progress.message(f"data: {note}: {count}")
     throughput = Throughput(FlopModel.of(tm.model), peak_flops(tm.device, tcfg.peak_tflops))
+    if tm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(tm.device)  # peak of training itself (weights stay allocated)
     t_loop = time.perf_counter()
     result = run_loop(
         model=tm.model,
@@ -136,6 +140,9 @@ def run_session(
         total_parameters=tm.trainable.total,
         data_notes=dict(data.stats),
         device=str(tm.device),
+        peak_gpu_memory_gib=(
+            round(torch.cuda.max_memory_allocated(tm.device) / 2**30, 2) if tm.device.type == "cuda" else None
+        ),
         precision=tm.precision,
         speedups=tm.speedups,
         resumed_from=str(resume.path) if resume else None,
