@@ -10,12 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 
 pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 pytest.importorskip("openai", reason="the serving extras (openai) are not installed")
+import httpx  # noqa: E402
+import openai  # noqa: E402
 from conftest import TOOL_REPLY, TOOL_SPEC, endless_model, free_port, scripted_model, serve_in_thread
 
 from chatforge.serving.engine import Engine

@@ -64,9 +64,12 @@ class TrainConfig:
     liger: bool = field(default=False, metadata={"help": "Liger RMSNorm/RoPE/SwiGLU kernels (CUDA + liger_kernel)"})
     seed: int = 0
     batching: Literal["length_grouped", "packed", "random"] = "length_grouped"
-    attention: Literal["mask", "flex"] = field(
-        default="mask",
-        metadata={"help": "packed rows: 4D block-diagonal mask (any device) or FlexAttention document mask (CUDA)"},
+    attention: Literal["auto", "mask", "flex"] = field(
+        default="auto",
+        metadata={
+            "help": "packed rows: 4D block-diagonal mask (any device) or FlexAttention document mask (CUDA); "
+            "auto = flex on CUDA, mask elsewhere"
+        },
     )
     num_threads: int | None = field(default=None, metadata={"min": 1, "help": "torch CPU threads"})
     log_every: int = field(default=1, metadata={"min": 1})

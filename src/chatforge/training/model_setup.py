@@ -92,6 +92,8 @@ def prepare_model(cfg) -> TrainModel:
     speedups = apply_speedups(model, speed)
     # FlexAttention keeps packed samples apart without materialising a (rows x len x len) mask; CUDA only.
     attention = tcfg.attention if tcfg.batching == "packed" else "mask"
+    if attention == "auto":  # a 4D mask forces SDPA off its fast kernels; FlexAttention skips the masked blocks
+        attention = "flex" if parts.device.type == "cuda" else "mask"
     if attention == "flex":
         if parts.device.type != "cuda":
             raise ChatforgeError("train.attention=flex needs a CUDA device; use train.attention=mask on CPU")
