@@ -235,6 +235,10 @@ def test_bad_input_is_a_located_error_and_leaves_no_output(tmp_path, tiny_tok):
     with pytest.raises(DataError, match=r"bad.jsonl, line 2, field 'text'"):
         tokenize_to_shards([*files, bad], tiny_tok, tmp_path / "out", num_proc=2)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    array = tmp_path / "array.json"
+    array.write_text('[{"text": "a"}]', encoding="utf-8")
+    with pytest.raises(DataError, match="array.json, line 1: a JSON array cannot be streamed"):
+        tokenize_to_shards([array], tiny_tok, tmp_path / "out", num_proc=1)
     with pytest.raises(ChatforgeError, match="no index.json"):
         ShardDataset(tmp_path / "nothing")
     tokenize_to_shards(files, tiny_tok, tmp_path / "out", num_proc=1)

@@ -160,6 +160,9 @@ def _jsonl_pieces(src: _Source, text_field: str) -> Iterator[Piece]:
         if not line.strip():
             continue
         where = dict(file=str(src.path), line=src.line)
+        if src.line == 1 and line.lstrip().startswith("["):
+            raise DataError("a JSON array cannot be streamed; write one JSON object per line (.jsonl)",
+                            reason="wrong_type", **where)  # fmt: skip
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
