@@ -201,6 +201,25 @@ def test_rows_carry_document_boundaries(dataset):
     assert seen_inner > 10
 
 
+def test_rows_become_packed_batches_with_document_masking(dataset):
+    import torch
+
+    from chatforge.data.shards import as_packed_row
+    from chatforge.training.packing import IGNORE, collate
+
+    ds = ShardDataset(dataset)
+    got = list(itertools.islice(ds.packed_rows(32, seed=0), 4))
+    batch = collate([as_packed_row(ids, b) for ids, b in got], pad_id=0)
+    for k, (ids, bounds) in enumerate(got):
+        assert torch.equal(batch["input_ids"][k], torch.from_numpy(ids))
+        seg, pos = segment_positions(bounds, 32)
+        assert torch.equal(batch["position_ids"][k], torch.from_numpy(pos))
+        assert torch.equal(batch["document_ids"][k], torch.from_numpy(seg))
+        assert all(int(batch["labels"][k, b]) == IGNORE for b in bounds)  # no label across a document boundary
+    plain = collate([as_packed_row(ids, b, document_mask=False) for ids, b in got], pad_id=0)
+    assert torch.equal(plain["position_ids"][0], torch.arange(32)) and int((plain["labels"] == IGNORE).sum()) == 4
+
+
 def test_shards_are_memory_mapped_not_read(tmp_path, tiny_tok):
     files, _ = make_corpus(tmp_path, n_docs=10)
     out = tmp_path / "out"

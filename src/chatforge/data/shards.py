@@ -677,6 +677,20 @@ def segment_positions(boundaries: np.ndarray, seq_len: int) -> tuple[np.ndarray,
     return seg, pos
 
 
+def as_packed_row(ids: np.ndarray, boundaries: np.ndarray, document_mask: bool = True):
+    """A `training.packing.PackedRow` for a shard row, ready for `packing.collate`: with `document_mask`, one sample per
+    document piece (positions restart, attention stays inside it, no label crosses a boundary); without, the row is
+    one sample (plain causal attention over the whole row, as GPT-2/llm.c pretrain)."""
+    from chatforge.training.packing import PackedRow
+
+    tokens = [int(t) for t in ids]
+    if document_mask:
+        lengths = np.diff(np.append(np.asarray(boundaries, dtype=np.int64), len(tokens))).tolist()
+    else:
+        lengths = [len(tokens)]
+    return PackedRow(input_ids=tokens, labels=list(tokens), lengths=[int(n) for n in lengths])
+
+
 # ---------------------------------------------------------------------------------------------------------- the CLI
 
 
