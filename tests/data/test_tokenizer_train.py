@@ -104,6 +104,8 @@ def test_other_template_markers_and_errors(corpus, tmp_path):
         train_tokenizer([tmp_path / "nope.txt"], 400, tmp_path / "x", compare=[])
     with pytest.raises(ChatforgeError, match="--overwrite"):
         train_tokenizer([corpus / "zh.txt"], 400, tmp_path / "l3", compare=[])
+    assert train_tokenizer([corpus / "zh.txt"], 420, tmp_path / "l3", compare=[], overwrite=True)["vocab_size"] == 420
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l3"]  # no temporary or old folder left behind
     with pytest.raises(ChatforgeError, match="unknown chat template"):
         train_tokenizer([corpus / "zh.txt"], 400, tmp_path / "y", template="nope", compare=[])
     missing = train_tokenizer([corpus / "zh.txt"], 400, tmp_path / "z", compare=[str(tmp_path / "no-such-model")])

@@ -233,9 +233,13 @@ def train_tokenizer(
     try:
         fast.save_pretrained(str(tmp))
         (tmp / REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
+        if output.exists():  # swap in the new folder first, then delete the old one
+            old = output.with_name(f".{output.name}.old-{tmp.name}")
+            output.rename(old)
+            tmp.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
