@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import random
@@ -57,6 +58,13 @@ def test_stream_is_each_document_then_eot(tmp_path, tiny_tok):
     assert ds.dtype == np.uint16 and ds.index["tokenizer_hash"]
     ds.check_tokenizer(tiny_tok)
     assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").is_file()
+    # The same files gzipped stream to the same tokens.
+    gz = []
+    for f in files:
+        gz.append(tmp_path / (f.name + ".gz"))
+        gz[-1].write_bytes(gzip.compress(f.read_bytes()))
+    tokenize_to_shards(gz, tiny_tok, tmp_path / "gz", num_proc=2)
+    assert np.array_equal(stream(ShardDataset(tmp_path / "gz")), stream(ds))
 
 
 def test_output_is_identical_for_any_num_proc_and_shard_size(tmp_path, tiny_tok):

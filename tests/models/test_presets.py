@@ -76,3 +76,12 @@ def test_bad_preset_and_bad_shape_are_clear_errors():
 def test_describe_prints_the_count():
     f = apply_preset({"preset": "llama-43m"}, 64793)
     assert "42.8M parameters" in describe(f, preset="llama-43m")
+
+
+def test_vocab_multiple_pads_the_vocabulary():
+    f = apply_preset({"preset": "llama-124m", "vocab_multiple": 64}, 50257)
+    assert f["vocab_size"] == 50304 and "vocab_multiple" not in f
+    assert count_parameters(f) == real_count(f)
+    assert apply_preset({"vocab_multiple": 64, "vocab_size": 1000}, 50257)["vocab_size"] == 1000
+    with pytest.raises(ChatforgeError, match="positive integer"):
+        apply_preset({"preset": "llama-43m", "vocab_multiple": 0}, 100)

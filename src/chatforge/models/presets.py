@@ -4,7 +4,7 @@
     count_parameters(fields, vocab_size)  # exact, equals LlamaForCausalLM(LlamaConfig(**fields)).num_parameters()
 
 A preset fills every shape field of a LlamaConfig; any field given next to `preset` overrides the preset's value.
-The name is the parameter count at each preset's reference vocabulary (a real count depends on the tokenizer, so
+`vocab_multiple` pads the vocabulary. The name is the parameter count at each preset's reference vocabulary (a real count depends on the tokenizer, so
 `count_parameters` reports it and `describe` prints it):
 
 - llama-43m: dim 256, 12 layers, 8 heads, untied embeddings: seed 004's small Chinese Llama; 42.8M at a 64,793-token
@@ -61,9 +61,13 @@ REFERENCE_VOCAB = {"llama-43m": 64793, "llama-92m": 64793, "llama-124m": 50257}
 
 def apply_preset(init: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
     """Llama config fields for a `model.init` section: the preset's shape (when `preset` is given), then every other
-    field of `init` on top, and `vocab_size` unless `init` sets it. The result has no `preset` key."""
+    field of `init` on top, and `vocab_size` unless `init` sets it. The result has no `preset` key.
+
+    `vocab_multiple: 64` (also popped) rounds the tokenizer's size up to a multiple (50257 -> 50304 for GPT-2's
+    vocabulary), which makes the embedding and output-head matrices faster on GPUs."""
     fields = dict(init)
     name = fields.pop("preset", None)
+    multiple = fields.pop("vocab_multiple", None)
     out: dict[str, Any] = {}
     if name is not None:
         key = str(name).strip().lower()
@@ -80,7 +84,11 @@ def apply_preset(init: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
         if "num_key_value_heads" not in fields and "num_attention_heads" in fields:
             out.pop("num_key_value_heads")
     out.update(fields)
-    out.setdefault("vocab_size", int(vocab_size))
+    if multiple is not None and (not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1):
+        raise ChatforgeError(f"model.init.vocab_multiple must be a positive integer, got {multiple!r}")
+    # Rows past the tokenizer are never produced as inputs; they only round the output head to a GPU-friendly width.
+    step = int(multiple or 1)
+    out.setdefault("vocab_size", -(-int(vocab_size) // step) * step)
     _check_shape(out, name)
     return out
 
