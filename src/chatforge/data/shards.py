@@ -108,6 +108,7 @@ class _Source:
 
     def close(self) -> None:
         self.text.close()
+        self.raw.close()  # GzipFile does not close a file object it was given
 
 
 def _ext(path: Path) -> str:
@@ -203,19 +204,6 @@ def _file_pieces(src: _Source) -> Iterator[Piece]:
         yield Piece(tail)
     elif tail.strip():
         yield Piece(tail)
-
-
-def iter_documents(
-    files: Iterable[str | Path], *, text_unit: str = "paragraph", text_field: str = "text"
-) -> Iterator[str]:
-    """Whole document texts, streamed (a document read per file is joined from its pieces, so it is in memory)."""
-    for path in files:
-        parts: list[str] = []
-        for piece in iter_pieces(path, text_unit=text_unit, text_field=text_field):
-            parts.append(piece.text)
-            if piece.ends_doc:
-                yield "".join(parts)
-                parts = []
 
 
 # ---------------------------------------------------------------------------------------------------------- workers
@@ -379,15 +367,21 @@ def tokenize_to_shards(
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(method).Pool(num_proc, initializer=_init_worker, initargs=(backend.to_str(), False))
             pool = ctx
+        ok = False
         try:
             for data, counts, ends in bounded_ordered_map(_encode_chunk, chunks(), pool, max_inflight=2 * num_proc):
                 writer.write(data, counts, ends)
+            ok = True
         finally:
             if ctx is not None:
-                ctx.close()
+                # On an error (or Ctrl-C) queued chunks are dropped rather than waited for.
+                if ok:
+                    ctx.close()
+                else:
+                    ctx.terminate()
                 ctx.join()
             _WORKER.clear()
-        writer.close()
+            writer.close()
         bar.close()
         if writer.documents == 0:
             raise ChatforgeError("the input files hold no documents (all empty)")
@@ -471,7 +465,8 @@ class _ShardWriter:
 
     def close(self) -> None:
         self._end_shard()
-        self.docs.close()
+        if not self.docs.closed:
+            self.docs.close()
 
 
 def _progress(total: int, enabled: bool | None):
