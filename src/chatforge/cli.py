@@ -17,6 +17,7 @@ from chatforge.errors import ChatforgeError
 
 COMMANDS = {
     "data": ("chatforge.data.commands", "prepare, convert, clean and inspect datasets"),
+    "tokenizer": ("chatforge.data.tokenizer_train", "train a byte-level BPE tokenizer for pretraining from scratch"),
     "train": ("chatforge.training.commands", "train a model (SFT, continued pretraining) from a YAML config"),
     "eval": ("chatforge.evaluation.commands", "evaluate a model and write a report"),
     "export": ("chatforge.export.commands", "merge adapters, quantize, write GGUF"),

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "convert": ("chatforge.data.convert", "convert a named dataset (webqa, squad2, crosswoz, summarization)"),
     "clean": ("chatforge.data.clean", "normalise, filter, deduplicate, mask PII, balance and split"),
     "demo": ("chatforge.data.demo_qa", "generate the fictional grounded-QA demo set"),
+    "tokenize": ("chatforge.data.shards", "tokenize a pretraining corpus once into memory-mapped token shards"),
 }
 
 
