@@ -64,6 +64,12 @@ def wait_status(page, selector: str, status: str) -> None:
     page.wait_for_function(f"document.querySelector({selector!r}).textContent === {status!r}")
 
 
+def wait_job(page, title: str, status: str = "finished") -> None:
+    """The job panel shows `title` (so its status is this job's, not the previous one's) with `status`."""
+    page.wait_for_function(f"document.querySelector('#job-title').textContent === {title!r}")
+    wait_status(page, "#job-status", status)
+
+
 def test_train_watch_chat_export(page, workspace):
     page.fill("#run-name", "r1")
     fill_form(page, FAST)
@@ -127,8 +133,7 @@ def test_train_watch_chat_export(page, workspace):
     # Export merges the adapter; verify checks the checksums and that the merged model answers like the run.
     page.fill("#export-name", "r1-merged")
     page.click("#export-btn")
-    page.wait_for_selector("#job:not(.hidden)")
-    wait_status(page, "#job-status", "finished")
+    wait_job(page, "export r1-merged")
     assert (workspace / "exports" / "r1-merged" / "model" / "model.safetensors").is_file()
     page.click("#verify-btn")
     page.wait_for_function("document.querySelector('#verify-result').textContent.startsWith('OK')")
@@ -175,3 +180,40 @@ def test_status_survives_a_ui_restart(browser, workspace, tmp_path):
         page.wait_for_function("document.querySelector('#run-error').textContent.includes('gone without finishing')")
         assert "step 3/10" in page.inner_text("#run-error")
         page.close()
+
+
+def test_evaluate_and_compare(page, workspace):
+    """The finished run's evaluation form is prefilled from the run; evaluate it and the base model, compare them."""
+    if not (workspace / "runs" / "r1" / "summary.json").is_file():
+        pytest.skip("needs the run trained by test_train_watch_chat_export")
+    page.click(".run-item[data-name='r1']")
+    page.wait_for_selector("#eval-form [data-path='eval.tasks']")
+    assert page.input_value("#eval-form [data-path='model.adapter']") == "runs/r1"
+    quick = {"data.val": "[data/chat.jsonl]", "eval.tasks": "[lm]", "eval.max_samples": "8", "eval.threads": "1"}
+    for name, adapter in (("tuned", "runs/r1"), ("base", "")):
+        page.click(".run-item[data-name='r1']")
+        page.wait_for_selector("#eval-form [data-path='eval.tasks']")
+        page.fill("#eval-name", name)
+        for path, value in {**quick, "model.adapter": adapter, "eval.max_new_tokens": "0"}.items():
+            page.fill(f"#eval-form [data-path='{path}']", value)
+        page.click("#eval-btn")  # max_new_tokens 0 is out of range: shown at the field
+        page.wait_for_function(
+            "document.querySelector(\"#eval-form .field-error[data-for='eval.max_new_tokens']\").textContent"
+        )
+        page.fill("#eval-form [data-path='eval.max_new_tokens']", "8")
+        page.click("#eval-btn")
+        page.wait_for_function(f"document.querySelector('#job-title').textContent === 'evaluation {name}'")
+    for name in ("tuned", "base"):
+        page.click(f".job-item[data-kind='evals'][data-name='{name}']")
+        wait_job(page, f"evaluation {name}")
+        page.wait_for_selector("#job-images img[alt='chart_lm.png']")
+        assert "perplexity" in page.inner_text("#job-report")
+    page.click("#compare-btn")
+    page.check("#cmp-tuned")
+    page.check("#cmp-base")
+    page.fill("#compare-name", "tuned-vs-base")
+    page.click("#compare-launch")
+    wait_job(page, "comparison tuned-vs-base")
+    report = page.inner_text("#job-report")
+    assert "| loss |" in report and "tuned" in report and "base" in report
+    page.wait_for_function("document.querySelector(\"#job-images img[alt='compare_lm.png']\").naturalWidth > 0")

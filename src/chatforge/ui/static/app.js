@@ -299,6 +299,11 @@ async function openRun(name) {
     state.metrics = { offset: 0, rows: [] };
     state.chat = [];
     state.evalFormFor = null;
+    for (const id of ["#run-title", "#run-status", "#run-command", "#run-error", "#run-log", "#run-progress"]) {
+      $(id).textContent = "";
+    }
+    $("#eval-form").textContent = "";
+    $("#finished-tools").classList.add("hidden");
     $("#chat-log").textContent = "";
     $("#chat-status").textContent = "";
     $("#export-status").textContent = "";
@@ -409,7 +414,13 @@ async function launchEval() {
 
 async function openJob(kind, name) {
   state.job = { kind, name };
-  $("#verify-result").textContent = "";
+  // Clear the previous job's view at once: stale text must never pass for this job's state.
+  for (const id of ["#verify-result", "#job-title", "#job-status", "#job-command", "#job-error", "#job-log"]) {
+    $(id).textContent = "";
+  }
+  const report = $("#job-report"), imgs = $("#job-images");
+  report.textContent = imgs.textContent = "";
+  report.dataset.text = imgs.dataset.key = "";
   show("job");
   await pollJob();
   refreshLists();
