@@ -13,6 +13,7 @@ import pytest
 from ui_helpers import make_workspace, serve_in_thread
 
 from chatforge.ui.app import create_app
+from chatforge.ui.workspace import KINDS, Workspace
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,13 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    return make_workspace(tmp_path_factory.mktemp("ui") / "ws")
+    root = make_workspace(tmp_path_factory.mktemp("ui") / "ws")
+    yield root
+    # A failed test must not leave a 100000-step run behind: stop whatever still runs.
+    ws = Workspace(root)
+    for kind in KINDS:
+        for _, folder, _ in ws.jobs(kind):
+            ws.stop(kind, folder)
 
 
 @pytest.fixture
@@ -142,17 +149,28 @@ def test_train_watch_chat_export(page, workspace):
 
 
 def test_run_killed_from_outside_shows_failed(page, workspace):
-    page.fill("#run-name", "long")
-    fill_form(page, {**FAST, "train.max_steps": "100000", "train.eval_every": "0", "data.train": "[data/chat.jsonl]"})
-    page.click("#launch-btn")
-    page.wait_for_selector("#run:not(.hidden)")
-    wait_status(page, "#run-status", "running")
-    page.wait_for_function("document.querySelector('#chart-loss polyline[data-series=train]')")  # it is training
+    """Two long runs: one is killed by another process (failed, with how it ended), one is stopped from the page."""
+    long_run = {**FAST, "train.max_steps": "100000", "train.eval_every": "0", "data.train": "[data/chat.jsonl]"}
+    for name in ("long", "stopme"):
+        page.click("#new-run-btn")
+        page.fill("#run-name", name)
+        fill_form(page, long_run)
+        page.click("#launch-btn")
+        page.wait_for_function(f"document.querySelector('#run-title').textContent === {name!r}")
+    for name in ("long", "stopme"):
+        page.click(f".run-item[data-name='{name}']")
+        page.wait_for_function(f"document.querySelector('#run-title').textContent === {name!r}")
+        page.wait_for_function("document.querySelector('#chart-loss polyline[data-series=train]')")  # training
+        wait_status(page, "#run-status", "running")
     meta = json.loads((workspace / "runs" / "long" / "ui-job.json").read_text())
     os.kill(meta["pid"], signal.SIGKILL)
+    page.click("#stop-btn")  # the page shows "stopme"
+    wait_status(page, "#run-status", "stopped")
+    page.click(".run-item[data-name='long']")
     wait_status(page, "#run-status", "failed")
     page.wait_for_function("document.querySelector('#run-error').textContent.includes('killed by signal 9')")
     assert page.locator(".run-item[data-name='long'] .badge").inner_text() == "failed"
+    assert page.locator(".run-item[data-name='stopme'] .badge").inner_text() == "stopped"
 
 
 def test_status_survives_a_ui_restart(browser, workspace, tmp_path):
@@ -173,9 +191,9 @@ def test_status_survives_a_ui_restart(browser, workspace, tmp_path):
         page.wait_for_selector(".run-item[data-name='orphan']")
         badges = {
             name: page.locator(f".run-item[data-name='{name}'] .badge").inner_text()
-            for name in ("r1", "long", "orphan")
+            for name in ("r1", "long", "stopme", "orphan")
         }
-        assert badges == {"r1": "finished", "long": "failed", "orphan": "failed"}
+        assert badges == {"r1": "finished", "long": "failed", "stopme": "stopped", "orphan": "failed"}
         page.click(".run-item[data-name='orphan']")
         page.wait_for_function("document.querySelector('#run-error').textContent.includes('gone without finishing')")
         assert "step 3/10" in page.inner_text("#run-error")
