@@ -151,12 +151,20 @@ def test_train_watch_chat_export(page, workspace):
 def test_run_killed_from_outside_shows_failed(page, workspace):
     """Two long runs: one is killed by another process (failed, with how it ended), one is stopped from the page."""
     long_run = {**FAST, "train.max_steps": "100000", "train.eval_every": "0", "data.train": "[data/chat.jsonl]"}
-    for name in ("long", "stopme"):
+    # A third run crashes on a bad record: its error (from stderr.log) names the file and line.
+    lines = (workspace / "data" / "chat.jsonl").read_text().splitlines()
+    lines[1] = '{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}'
+    (workspace / "data" / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    crash = {**FAST, "data.train": "[data/bad.jsonl]", "data.val_size": "0.0"}
+    for name, values in (("long", long_run), ("stopme", long_run), ("crash", crash)):
         page.click("#new-run-btn")
         page.fill("#run-name", name)
-        fill_form(page, long_run)
+        fill_form(page, values)
         page.click("#launch-btn")
         page.wait_for_function(f"document.querySelector('#run-title').textContent === {name!r}")
+    page.wait_for_function("document.querySelector('#run-error').textContent.includes('bad.jsonl, line 2')")
+    assert "chatforge train: error:" in page.inner_text("#run-error")
+    assert page.inner_text("#run-status") == "failed"
     for name in ("long", "stopme"):
         page.click(f".run-item[data-name='{name}']")
         page.wait_for_function(f"document.querySelector('#run-title').textContent === {name!r}")

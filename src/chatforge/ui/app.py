@@ -13,6 +13,7 @@ and when bound to loopback the Host header must name loopback (DNS-rebinding gua
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".md", ".parquet", ".csv")
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MAX_UPLOAD = 512 << 20
+log = logging.getLogger("chatforge.ui")
 
 
 class UIError(Exception):
@@ -105,6 +107,12 @@ def create_app(
         if problems is not None:
             body["problems"] = [list(p) for p in problems]
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        # A bug or an environment problem (e.g. a model folder that does not load): still JSON the page can show.
+        log.error("unhandled error on %s", request.url.path, exc_info=err)
+        return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
