@@ -1,4 +1,4 @@
-"""UI test helpers: a workspace with a tiny model folder and a small chat dataset, and the UI app under a real uvicorn
+"""UI test helpers (no conftest.py here: `from conftest import` in tests/serving must find its own): a workspace with a tiny model folder and a small chat dataset, and the UI app under a real uvicorn
 server on a free loopback port."""
 
 from __future__ import annotations
