@@ -1,5 +1,5 @@
-"""UI test helpers (no conftest.py here: `from conftest import` in tests/serving must find its own): a workspace with a tiny model folder and a small chat dataset, and the UI app under a real uvicorn
-server on a free loopback port."""
+"""UI test helpers: a workspace with a tiny model folder and a small chat dataset, and the UI app under a real uvicorn
+server on a free loopback port. (Not a conftest.py: tests/serving's `from conftest import ...` must find its own.)"""
 
 from __future__ import annotations
 
