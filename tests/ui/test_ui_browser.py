@@ -231,6 +231,9 @@ def test_evaluate_and_compare(page, workspace):
     page.click(".run-item[data-name='r1']")
     page.wait_for_selector("#eval-form [data-path='eval.tasks']")
     assert page.input_value("#eval-form [data-path='model.adapter']") == "runs/r1"
+    page.select_option("#eval-file", "data/chat.jsonl")
+    page.click("#eval-use-file")
+    assert page.input_value("#eval-form [data-path='data.val']") == "[data/chat.jsonl]"
     quick = {"data.val": "[data/chat.jsonl]", "eval.tasks": "[lm]", "eval.max_samples": "8", "eval.threads": "1"}
     for name, adapter in (("tuned", "runs/r1"), ("base", "")):
         page.click(".run-item[data-name='r1']")

@@ -249,21 +249,23 @@ def create_app(
         return out
 
     def last_progress(folder: Path) -> dict[str, Any] | None:
+        """The latest train record, read from the end of metrics.jsonl (the list polls every second)."""
         path = folder / "metrics.jsonl"
-        if not path.is_file():
-            return None
-        last = None
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if '"kind": "train"' in line:
-                    last = line
-        if last is None:
-            return None
         try:
-            row = json.loads(last)
-        except ValueError:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - 16384))
+                tail = fh.read().decode("utf-8", errors="replace")
+        except OSError:
             return None
-        return {k: row.get(k) for k in ("step", "loss", "lr", "tok_per_s")}
+        for line in reversed(tail.splitlines()):
+            if '"kind": "train"' in line:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # the first line of the tail may be cut, the last may still be being written
+                return {k: row.get(k) for k in ("step", "loss", "lr", "tok_per_s")}
+        return None
 
     def model_of_run(name: str) -> tuple[str, str | None, str | None]:
         """(model spec, adapter or None, template) to load a finished run: base + adapter, or the run folder itself."""

@@ -138,7 +138,7 @@ async function refreshLists() {
       const li = el("li", { class: "job-item", "data-kind": kind, "data-name": j.name },
         el("span", { class: "name", text: j.name }), badge(j.status));
       if (kind === "runs") li.classList.add("run-item");
-      if (j.progress && j.progress.step != null) {
+      if (j.progress && typeof j.progress.loss === "number") {
         li.append(el("span", { class: "note", text: ` step ${j.progress.step} loss ${j.progress.loss.toFixed(3)}` }));
       }
       li.addEventListener("click", () => (kind === "runs" ? openRun(j.name) : openJob(kind, j.name)));
@@ -163,6 +163,9 @@ async function loadFiles() {
   sel.textContent = "";
   for (const f of data.files) sel.append(el("option", { value: f.path, text: `${f.path} (${f.bytes} B)` }));
   if (keep) sel.value = keep;
+  const evalSel = $("#eval-file");
+  evalSel.textContent = "";
+  for (const f of data.files) evalSel.append(el("option", { value: f.path, text: f.path }));
   return data;
 }
 
@@ -333,7 +336,7 @@ async function pollRun() {
   st.className = "badge " + d.status;
   $("#run-command").textContent = d.command;
   const p = d.progress;
-  $("#run-progress").textContent = p && p.step != null
+  $("#run-progress").textContent = p && typeof p.loss === "number" && typeof p.lr === "number"
     ? `step ${p.step}, loss ${p.loss.toFixed(4)}, lr ${p.lr.toExponential(2)}, ${Math.round(p.tok_per_s)} tok/s` : "";
   $("#stop-btn").disabled = d.status !== "running";
   $("#run-error").classList.toggle("hidden", !d.error);
@@ -538,6 +541,7 @@ async function start() {
   $("#chat-clear").addEventListener("click", () => { state.chat = []; $("#chat-log").textContent = ""; });
   $("#export-btn").addEventListener("click", exportRun);
   $("#eval-btn").addEventListener("click", launchEval);
+  $("#eval-use-file").addEventListener("click", () => setField($("#eval-form"), "data.val", `[${$("#eval-file").value}]`));
   $("#verify-btn").addEventListener("click", verifyExport);
   $("#compare-btn").addEventListener("click", openCompare);
   $("#compare-launch").addEventListener("click", launchCompare);
