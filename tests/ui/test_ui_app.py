@@ -138,3 +138,23 @@ def test_status_from_the_folder(ws):
     finally:
         live.kill()
         live.wait()
+
+
+def test_dataset_info_entries_stay_inside(ws):
+    (ws / "data" / "dataset_info.json").write_text(
+        json.dumps({"inside": {"file_name": "a.jsonl"}, "outside": {"file_name": "../../secret.jsonl"}})
+    )
+    c = TestClient(create_app(ws))
+    spec = c.get("/api/schema/train").json()["sections"]
+    values = {f["path"]: f["default"] for s in spec for f in s["fields"]}
+    values["data.dataset_info"] = "data/dataset_info.json"
+    for name, bad in (("inside", False), ("outside", True)):
+        r = c.post(
+            "/api/validate/train", json={"name": "x", "values": {**values, "data.train": f"[{name}]"}}, headers=H
+        )
+        problems = {p: m for p, m in r.json()["problems"]}
+        assert ("data.train[0]" in problems) == bad, problems
+        if bad:
+            assert "outside the workspace" in problems["data.train[0]"]
+    r = c.get("/api/preview", params={"file": "outside", "dataset_info": "data/dataset_info.json"})
+    assert r.status_code == 403 and "outside the workspace" in r.json()["error"]

@@ -185,10 +185,23 @@ def create_app(
                 ws.path(cfg.data.dataset_info, must_exist=True, what="dataset_info")
             except PathError as err:
                 problems.append(("data.dataset_info", str(err)))
+        registry: dict[str, Any] = {}
+        if cfg.data.dataset_info is not None and not any(p == "data.dataset_info" for p, _ in problems):
+            from chatforge.data.llamafactory import load_dataset_info
+
+            try:
+                registry = load_dataset_info(ws.path(cfg.data.dataset_info))
+            except ChatforgeError as err:
+                problems.append(("data.dataset_info", str(err)))
         for split in ("train", "val"):
             for i, item in enumerate(getattr(cfg.data, split)):
-                if cfg.data.dataset_info is not None and not any(c in item for c in "/\\."):
-                    continue  # a dataset_info name, resolved by the reader inside dataset_info's folder
+                if item in registry:  # a dataset_info name: its file must lie below the workspace too
+                    if registry[item].path is not None:
+                        try:
+                            ws.path(registry[item].path, what=f"dataset {item!r} file_name")
+                        except PathError as err:
+                            problems.append((f"data.{split}[{i}]", str(err)))
+                    continue
                 try:
                     ws.path(item, must_exist=True, what="data file")
                 except PathError as err:
@@ -348,6 +361,14 @@ def create_app(
         info = str(ws.path(dataset_info, must_exist=True, what="dataset_info")) if dataset_info else None
         spec = model if model.strip().lower() == EMBEDDED else str(ws.path(model))
         source = file if info and not path.exists() else str(path)
+        if source == file:  # a dataset_info name: the file it names must lie below the workspace
+            from chatforge.data.llamafactory import load_dataset_info
+
+            spec_ = load_dataset_info(info).get(file)
+            if spec_ is None:
+                raise UIError(404, f"{file!r} is neither a file in the workspace nor a dataset in {dataset_info}")
+            if spec_.path is not None:
+                ws.path(spec_.path, what=f"dataset {file!r} file_name")
         return preview(
             source,
             model=spec,
