@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("chatforge.export.commands", "merge adapters, quantize, write GGUF"),
     "chat": ("chatforge.serving.chat_cli", "chat with a model in the terminal"),
     "serve": ("chatforge.serving.server", "serve an OpenAI-compatible HTTP API and a web chat page"),
+    "ui": ("chatforge.ui.commands", "training web UI: configure, launch and watch runs, evaluate, chat, export"),
     "demo": ("chatforge.demo", "the main job: grounded QA on the embedded model, before/after a LoRA fine-tune"),
 }
 
