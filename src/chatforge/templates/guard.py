@@ -1,0 +1,308 @@
+"""Guard against training or serving a model with a chat template other than its own, and the way around it.
+
+A model folder or GGUF usually ships a Jinja chat template. `check_model_template(tokenizer, template)` renders a set
+of probe conversations (system prompt, multi-turn, tool definitions, tool calls, tool results back to back, the
+generation prompt) with that Jinja and with chatforge's template and refuses, naming the first differing token, when
+they disagree: training on one format and chatting in another silently degrades a model.
+
+The two ways to proceed: pick the matching chatforge template (`template.name=...`), or keep the model's own format
+with `template.use_model_jinja: true`. In that mode `encode_with_model_jinja` derives the trained mask by rendering
+prefixes of each conversation with the model's Jinja (the text an assistant turn adds is trained), so the saved
+template stays the model's own.
+
+`guess_template_name(tokenizer)` names the built-in template that a tokenizer's own Jinja looks like.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from chatforge.data.schema import Conversation, Message, ToolCall
+from chatforge.errors import ChatforgeError
+from chatforge.templates.encode import (
+    Encoded,
+    _backend,
+    encode_conversation,
+    encode_prompt,
+    prepare_tokenizer,
+    special_strings,
+    trained_flags,
+)
+from chatforge.templates.formats import ChatTemplate, get_template
+from chatforge.templates.render import MASK_MODES, Segment, to_hf_messages
+
+_PROBE_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def probe_conversations() -> list[tuple[str, str, Conversation]]:
+    """(name, kind, conversation) probes; kind 'chat' or 'tools' (skipped when the model's template has no tools)."""
+    call = Message("assistant", "", [ToolCall("get_weather", {"city": "Paris"})])
+    return [
+        ("one turn", "chat", Conversation([Message("user", "Hello!"), Message("assistant", "Hi, how can I help?")])),
+        (
+            "system prompt",
+            "chat",
+            Conversation(
+                [Message("system", "You are terse."), Message("user", "2+2?"), Message("assistant", "4")]
+            ),
+        ),
+        (
+            "multi-turn",
+            "chat",
+            Conversation(
+                [
+                    Message("user", "Name a colour."),
+                    Message("assistant", "Blue."),
+                    Message("user", "Another one?"),
+                    Message("assistant", "Red."),
+                ]
+            ),
+        ),
+        (
+            "tool call and result",
+            "tools",
+            Conversation(
+                [
+                    Message("user", "Weather in Paris?"),
+                    call,
+                    Message("tool", '{"temp_c": 21}'),
+                    Message("assistant", "It is 21 °C."),
+                ],
+                tools=[_PROBE_TOOL],
+            ),
+        ),
+        (
+            "two tool results",
+            "tools",
+            Conversation(
+                [
+                    Message("system", "You check the weather."),
+                    Message("user", "Paris and Rome?"),
+                    Message(
+                        "assistant",
+                        "",
+                        [ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_weather", {"city": "Rome"})],
+                    ),
+                    Message("tool", '{"temp_c": 21}'),
+                    Message("tool", '{"temp_c": 25}'),
+                    Message("assistant", "Paris 21 °C, Rome 25 °C."),
+                ],
+                tools=[_PROBE_TOOL],
+            ),
+        ),
+    ]
+
+
+def model_jinja(tokenizer) -> str | None:
+    """The tokenizer's own chat template text (the default one of a named set), or None."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), None)
+    return template or None
+
+
+def _render_ids(tokenizer, jinja: str, conv: Conversation, generation: bool) -> list[int]:
+    messages, tools = to_hf_messages(conv)
+    out = tokenizer.apply_chat_template(
+        messages, tools=tools, chat_template=jinja, tokenize=True, add_generation_prompt=generation
+    )
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _render_text(tokenizer, jinja: str | None, messages: list[dict], tools, generation: bool, **kw) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, chat_template=jinja, tokenize=False, add_generation_prompt=generation, **kw
+    )
+
+
+@dataclass
+class GuardReport:
+    template: str
+    compared: list[str] = field(default_factory=list)  # probe renders that matched
+    skipped: list[str] = field(default_factory=list)  # with the reason
+
+    def summary(self) -> str:
+        line = f"chat template {self.template!r} matches the model's own on {len(self.compared)} probe renders"
+        return line + (f" (skipped: {'; '.join(self.skipped)})" if self.skipped else "")
+
+
+def _tools_supported(tokenizer, jinja: str) -> bool:
+    """Does the model's template show tool definitions and tool calls at all?"""
+    name, _, conv = probe_conversations()[3]
+    messages, tools = to_hf_messages(conv)
+    try:
+        with_tools = _render_text(tokenizer, jinja, messages, tools, False)
+        without = _render_text(tokenizer, jinja, messages, None, False)
+    except Exception:  # noqa: BLE001 - any template error means: this template cannot render tools
+        return False
+    return with_tools != without and "Paris" in with_tools.split("Weather in Paris?", 1)[-1]
+
+
+def _show(tokenizer, ids: list[int], k: int) -> str:
+    if k >= len(ids):
+        return "<end>"
+    return f"{tokenizer.decode([ids[k]])!r} (id {ids[k]})"
+
+
+def check_model_template(tokenizer, template: ChatTemplate | str) -> GuardReport:
+    """Refuse (ChatforgeError) when `template` renders the probe conversations differently from the tokenizer's own
+    Jinja chat template. Call it before `prepare_tokenizer` (which replaces the tokenizer's template). Returns a
+    report of what was compared; a tokenizer without a chat template passes with nothing compared."""
+    template = get_template(template)
+    report = GuardReport(template.name)
+    jinja = model_jinja(tokenizer)
+    if jinja is None:
+        report.skipped.append("the model ships no chat template")
+        return report
+    ours_tok = copy.deepcopy(tokenizer)
+    prepare_tokenizer(ours_tok, template, install_jinja=False)
+    tools_ok = _tools_supported(tokenizer, jinja)
+    if not tools_ok:
+        report.skipped.append("tool probes (the model's template has no tool format; chatforge's applies)")
+    final_end = ours_tok.encode(template.final_end, add_special_tokens=False) if template.final_end else []
+    for name, kind, conv in probe_conversations():
+        if kind == "tools" and not tools_ok:
+            continue
+        prompt = Conversation(conv.messages[:-1], tools=conv.tools)
+        for label, c, generation in ((name, conv, False), (f"{name}, generation prompt", prompt, True)):
+            try:
+                theirs = _render_ids(tokenizer, jinja, c, generation)
+            except Exception as err:  # noqa: BLE001 - a template that raises cannot render this kind of chat
+                report.skipped.append(f"{label} (the model's template raised: {str(err)[:80]})")
+                continue
+            if generation:
+                ours = encode_prompt(c, ours_tok, template)
+            else:
+                ours = encode_conversation(c, ours_tok, template).input_ids
+                if final_end and ours[-len(final_end) :] == final_end and theirs[-len(final_end) :] != final_end:
+                    ours = ours[: -len(final_end)]  # the end-of-conversation marker is a training target only
+            if ours != theirs:
+                _refuse(tokenizer, template, label, ours, theirs)
+            report.compared.append(label)
+    return report
+
+
+def _refuse(tokenizer, template: ChatTemplate, label: str, ours: list[int], theirs: list[int]) -> None:
+    k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    context = tokenizer.decode(theirs[max(0, k - 8) : k])
+    guess = guess_template_name(tokenizer)
+    hint = f"template.name={guess} (the built-in template that looks like the model's)" if guess else "template.name=..."
+    if guess == template.name:
+        hint = "template.name=<your YAML template file>"
+    raise ChatforgeError(
+        f"chat template {template.name!r} does not render like the model's own chat template.\n"
+        f"  probe: {label}; first difference at token {k}, after {context!r}:\n"
+        f"    model's template: {_show(tokenizer, theirs, k)}\n"
+        f"    chatforge {template.name!r}: {_show(tokenizer, ours, k)}\n"
+        f"  to proceed, pick the matching template ({hint}), or keep the model's own format with "
+        "template.use_model_jinja=true"
+    )
+
+
+# (needle in the Jinja text, template name): the first found wins, so the specific ones come first.
+_NEEDLES = (
+    ("You are a helpful AI assistant named SmolLM", "smollm2"),
+    ("You are Qwen, created by Alibaba Cloud", "qwen2.5"),
+    ("enable_thinking", "qwen3"),
+    ("[gMASK]", "chatglm3"),
+    ("<|observation|>", "chatglm3"),
+    ("<reserved_106>", "baichuan2"),
+    ("<start_of_turn>", "gemma"),
+    ("<｜User｜>", "deepseek3"),
+    ("<｜Assistant｜>", "deepseek3"),
+    ("[AVAILABLE_TOOLS]", "mistral"),
+    ("[TOOL_CALLS]", "mistral"),
+    ("<<SYS>>", "llama2"),
+    ("<|start_header_id|>", "llama3"),
+    ("<|im_start|>", "chatml"),
+    ("Assistant:", "deepseek"),
+    ("[INST]", "mistral"),
+)
+
+
+def guess_template_name(tokenizer) -> str | None:
+    """The built-in template a tokenizer's own chat template looks like (by marker text), or None."""
+    jinja = model_jinja(tokenizer)
+    if not jinja:
+        return None
+    for needle, name in _NEEDLES:
+        if needle in jinja:
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- use_model_jinja
+
+
+def encode_with_model_jinja(
+    conv: Conversation, tokenizer, mask: str = "all_assistant", max_length: int | None = None
+) -> Encoded:
+    """Ids and trained mask of `conv` rendered by the tokenizer's own Jinja chat template.
+
+    A trained assistant turn is the text it adds: render(messages[:i+1]) minus render(messages[:i]) with the
+    generation prompt, less trailing whitespace after its end marker. Raises ChatforgeError when the template does
+    not render earlier turns as a prefix of later renders (Qwen3 drops old thinking blocks: use
+    mask=last_assistant there), or when message text spells a special token (it cannot be kept plain here)."""
+    if mask not in MASK_MODES:
+        raise ChatforgeError(f"unknown mask mode {mask!r}; choose one of: {', '.join(MASK_MODES)}")
+    jinja = model_jinja(tokenizer)
+    if jinja is None:
+        raise ChatforgeError("template.use_model_jinja needs a tokenizer with a chat template; this one has none")
+    specials = special_strings(tokenizer)
+    for i, m in enumerate(conv.messages):
+        forged = next((s for s in specials if s in m.content), None)
+        if forged:
+            raise ChatforgeError(
+                f"message {i} ({m.role}) contains the special-token text {forged!r}; with template.use_model_jinja "
+                "it would become a real marker. Clean the data or use a chatforge template (which keeps it plain)."
+            )
+    messages, tools = to_hf_messages(conv)
+    full = _render_text(tokenizer, jinja, messages, tools, False)
+    assistant = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
+    if mask == "all":
+        targets = []
+    elif mask == "last_assistant":
+        targets = assistant[-1:]
+    else:
+        targets = assistant
+    targets = [i for i in targets if conv.messages[i].train is not False]
+    spans = []
+    for i in targets:
+        before = _render_text(tokenizer, jinja, messages[:i], tools, True)
+        through = _render_text(tokenizer, jinja, messages[: i + 1], tools, False)
+        if not through.startswith(before) or not full.startswith(through):
+            raise ChatforgeError(
+                f"the model's chat template renders assistant turn {i} differently once more messages follow "
+                "(it is not prefix-stable, e.g. Qwen3 drops earlier thinking blocks), so its mask cannot be derived; "
+                "use template.mask=last_assistant, or a chatforge template (template.name=...)"
+            )
+        end = len(before) + len(through[len(before) :].rstrip())
+        spans.append((len(before), end))
+    segments = []
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            segments.append(Segment(full[pos:start], mask == "all", False))
+        if end > start:
+            segments.append(Segment(full[start:end], True, False))
+        pos = max(pos, end)
+    if pos < len(full):
+        segments.append(Segment(full[pos:], mask == "all", False))
+    enc = _backend(tokenizer).encode(full, add_special_tokens=False)
+    encoded = Encoded(list(enc.ids), trained_flags(segments, enc).astype(bool).tolist())
+    if max_length is not None and len(encoded) > max_length:
+        encoded = Encoded(encoded.input_ids[:max_length], encoded.trained[:max_length])
+    return encoded
+
+
+def encode_prompt_with_model_jinja(conv: Conversation, tokenizer) -> list[int]:
+    """The generation prompt rendered by the tokenizer's own Jinja chat template."""
+    jinja = model_jinja(tokenizer)
+    if jinja is None:
+        raise ChatforgeError("template.use_model_jinja needs a tokenizer with a chat template; this one has none")
+    return _render_ids(tokenizer, jinja, conv, True)
