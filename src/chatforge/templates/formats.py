@@ -138,13 +138,28 @@ _TEMPLATE_LIST = [
     # SmolLM2-Instruct's own format: ChatML with its default system prompt.
     _chatml("smollm2", default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
     # Qwen2.5: ChatML, its default system prompt, back-to-back tool results in one user turn.
-    _chatml("qwen2.5", default_system=QWEN_SYSTEM, merge_tool_results=True, tool="\n" + "<tool_response>\n{content}"
-            "\n</tool_response>", tool_open="<|im_start|>user"),
+    _chatml(
+        "qwen2.5",
+        default_system=QWEN_SYSTEM,
+        merge_tool_results=True,
+        tool="\n" + "<tool_response>\n{content}\n</tool_response>",
+        tool_open="<|im_start|>user",
+    ),
     # Qwen3: no default system prompt; `<think>` blocks kept on the replies after the last user turn.
-    _chatml("qwen3", merge_tool_results=True, tool="\n<tool_response>\n{content}\n</tool_response>",
-            tool_open="<|im_start|>user", reasoning="think"),
-    _chatml("qwen3_nothink", merge_tool_results=True, tool="\n<tool_response>\n{content}\n</tool_response>",
-            tool_open="<|im_start|>user", reasoning="nothink"),
+    _chatml(
+        "qwen3",
+        merge_tool_results=True,
+        tool="\n<tool_response>\n{content}\n</tool_response>",
+        tool_open="<|im_start|>user",
+        reasoning="think",
+    ),
+    _chatml(
+        "qwen3_nothink",
+        merge_tool_results=True,
+        tool="\n<tool_response>\n{content}\n</tool_response>",
+        tool_open="<|im_start|>user",
+        reasoning="nothink",
+    ),
     _chatml("yi"),
     ChatTemplate(
         name="llama2",
@@ -220,8 +235,15 @@ _TEMPLATE_LIST = [
         tools_layout="json_list",
         tools_placement="before_first_user",
         special_tokens=(
-            "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-            "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+            "<s>",
+            "</s>",
+            "[INST]",
+            "[/INST]",
+            "[TOOL_CALLS]",
+            "[AVAILABLE_TOOLS]",
+            "[/AVAILABLE_TOOLS]",
+            "[TOOL_RESULTS]",
+            "[/TOOL_RESULTS]",
         ),
     ),
     ChatTemplate(

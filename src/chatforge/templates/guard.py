@@ -47,9 +47,7 @@ def probe_conversations() -> list[tuple[str, str, Conversation]]:
         (
             "system prompt",
             "chat",
-            Conversation(
-                [Message("system", "You are terse."), Message("user", "2+2?"), Message("assistant", "4")]
-            ),
+            Conversation([Message("system", "You are terse."), Message("user", "2+2?"), Message("assistant", "4")]),
         ),
         (
             "multi-turn",
@@ -191,7 +189,9 @@ def _refuse(tokenizer, template: ChatTemplate, label: str, ours: list[int], thei
     k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     context = tokenizer.decode(theirs[max(0, k - 8) : k])
     guess = guess_template_name(tokenizer)
-    hint = f"template.name={guess} (the built-in template that looks like the model's)" if guess else "template.name=..."
+    hint = (
+        f"template.name={guess} (the built-in template that looks like the model's)" if guess else "template.name=..."
+    )
     if guess == template.name:
         hint = "template.name=<your YAML template file>"
     raise ChatforgeError(

@@ -113,7 +113,9 @@ def _train_leading_marker(segments: list[Segment], start: int, trained: bool, te
         return
     marker = max(markers, key=len)
     rest = seg.text[len(marker) :]
-    segments[start : start + 1] = [Segment(marker, trained, False)] + ([Segment(rest, seg.trained, False)] if rest else [])
+    segments[start : start + 1] = [Segment(marker, trained, False)] + (
+        [Segment(rest, seg.trained, False)] if rest else []
+    )
 
 
 def render_segments(
@@ -331,8 +333,11 @@ def _block_calls(text: str, template: ChatTemplate) -> tuple[str, list[ToolCall]
     if lead:
         starts = [m.start() for m in re.finditer(re.escape(lead), text)]
     else:  # the call opens with JSON or a name: only at the start of the reply or after the content separator
-        starts = [0] + ([m.end() for m in re.finditer(re.escape(template.content_call_sep), text)]
-                        if template.content_call_sep else [])
+        starts = [0] + (
+            [m.end() for m in re.finditer(re.escape(template.content_call_sep), text)]
+            if template.content_call_sep
+            else []
+        )
     for start in starts:
         pos = start
         if before:
@@ -411,7 +416,9 @@ def _jinja_tools(t: ChatTemplate) -> str:
     spec = "{%- set spec = tool if tool.get('function') is none else tool['function'] -%}"
     if t.tools_layout == "json_list":
         body = (
-            "{%- set ns.specs = [] -%}{%- for tool in tools -%}" + spec + f"{{%- set ns.specs = ns.specs + [{item}] -%}}"
+            "{%- set ns.specs = [] -%}{%- for tool in tools -%}"
+            + spec
+            + f"{{%- set ns.specs = ns.specs + [{item}] -%}}"
             "{%- endfor -%}" + f"{{%- set ns.body = ns.specs | tojson{indent} -%}}"
         )
     else:
@@ -532,11 +539,15 @@ def to_jinja(template: ChatTemplate) -> str:
         f"{{%- if add_generation_prompt -%}}{_jout(t.assistant_header)}",
     ]
     if t.reasoning == "think":
-        parts.append("{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}"
-                     "{%- endif -%}")
+        parts.append(
+            "{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}"
+            "{%- endif -%}"
+        )
     elif t.reasoning == "nothink":
-        parts.append("{%- if not (enable_thinking is defined and enable_thinking is true) -%}"
-                     "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}")
+        parts.append(
+            "{%- if not (enable_thinking is defined and enable_thinking is true) -%}"
+            "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+        )
     parts.append("{%- endif -%}")
     return "".join(p for p in parts if p)
 
