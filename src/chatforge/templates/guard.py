@@ -147,18 +147,12 @@ def _show(tokenizer, ids: list[int], k: int) -> str:
     return f"{tokenizer.decode([ids[k]])!r} (id {ids[k]})"
 
 
-def check_model_template(tokenizer, template: ChatTemplate | str) -> GuardReport:
-    """Refuse (ChatforgeError) when `template` renders the probe conversations differently from the tokenizer's own
-    Jinja chat template. Call it before `prepare_tokenizer` (which replaces the tokenizer's template). Returns a
-    report of what was compared; a tokenizer without a chat template passes with nothing compared."""
-    template = get_template(template)
-    report = GuardReport(template.name)
-    jinja = model_jinja(tokenizer)
-    if jinja is None:
-        report.skipped.append("the model ships no chat template")
-        return report
-    ours_tok = copy.deepcopy(tokenizer)
-    prepare_tokenizer(ours_tok, template, install_jinja=False)
+def _first_mismatch(tokenizer, jinja: str, template: ChatTemplate, report: GuardReport):
+    """(probe label, ours, theirs) of the first probe render that differs, or None; fills `report`."""
+    ours_tok = tokenizer
+    if _missing_markers(tokenizer, template):  # prepare_tokenizer would change it: work on a copy
+        ours_tok = copy.deepcopy(tokenizer)
+        prepare_tokenizer(ours_tok, template, install_jinja=False)
     tools_ok = _tools_supported(tokenizer, jinja)
     if not tools_ok:
         report.skipped.append("tool probes (the model's template has no tool format; chatforge's applies)")
@@ -180,27 +174,66 @@ def check_model_template(tokenizer, template: ChatTemplate | str) -> GuardReport
                 if final_end and ours[-len(final_end) :] == final_end and theirs[-len(final_end) :] != final_end:
                     ours = ours[: -len(final_end)]  # the end-of-conversation marker is a training target only
             if ours != theirs:
-                _refuse(tokenizer, template, label, ours, theirs)
+                return label, ours, theirs
             report.compared.append(label)
+    return None
+
+
+def _missing_markers(tokenizer, template: ChatTemplate) -> list[str]:
+    """Markers of `template` that are not yet special tokens of `tokenizer`."""
+    specials = set(special_strings(tokenizer))
+    return [t for t in template.special_tokens if t not in specials]
+
+
+def check_model_template(tokenizer, template: ChatTemplate | str) -> GuardReport:
+    """Refuse (ChatforgeError) when `template` renders the probe conversations differently from the tokenizer's own
+    Jinja chat template. Call it before `prepare_tokenizer` (which replaces the tokenizer's template). Returns a
+    report of what was compared; a tokenizer without a chat template passes with nothing compared."""
+    template = get_template(template)
+    report = GuardReport(template.name)
+    jinja = model_jinja(tokenizer)
+    if jinja is None:
+        report.skipped.append("the model ships no chat template")
+        return report
+    mismatch = _first_mismatch(tokenizer, jinja, template, report)
+    if mismatch is not None:
+        _refuse(tokenizer, template, *mismatch)
     return report
+
+
+def matching_templates(tokenizer) -> list[str]:
+    """Built-in templates that render every probe exactly like the tokenizer's own Jinja (slow-ish: one tokenizer
+    copy per template; used to suggest a fix)."""
+    from chatforge.templates.formats import TEMPLATES
+
+    jinja = model_jinja(tokenizer)
+    if jinja is None:
+        return []
+    found = []
+    vocab = tokenizer.get_vocab()
+    for name, template in TEMPLATES.items():
+        if any(t not in vocab for t in template.special_tokens):
+            continue  # its markers would be new tokens: the model's template cannot render them as one token
+        report = GuardReport(name)
+        if _first_mismatch(tokenizer, jinja, template, report) is None and report.compared:
+            found.append(name)
+    return found
 
 
 def _refuse(tokenizer, template: ChatTemplate, label: str, ours: list[int], theirs: list[int]) -> None:
     k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     context = tokenizer.decode(theirs[max(0, k - 8) : k])
-    guess = guess_template_name(tokenizer)
-    hint = (
-        f"template.name={guess} (the built-in template that looks like the model's)" if guess else "template.name=..."
-    )
-    if guess == template.name:
-        hint = "template.name=<your YAML template file>"
+    matches = [m for m in matching_templates(tokenizer) if m != template.name]
+    if matches:
+        hint = "template.name=" + " or template.name=".join(matches) + " (renders like the model's own)"
+    else:
+        hint = "no built-in template matches: write a YAML template (template.name=FILE.yaml)"
     raise ChatforgeError(
         f"chat template {template.name!r} does not render like the model's own chat template.\n"
         f"  probe: {label}; first difference at token {k}, after {context!r}:\n"
         f"    model's template: {_show(tokenizer, theirs, k)}\n"
         f"    chatforge {template.name!r}: {_show(tokenizer, ours, k)}\n"
-        f"  to proceed, pick the matching template ({hint}), or keep the model's own format with "
-        "template.use_model_jinja=true"
+        f"  to proceed: {hint}, or keep the model's own format with template.use_model_jinja=true"
     )
 
 
@@ -220,6 +253,7 @@ _NEEDLES = (
     ("<<SYS>>", "llama2"),
     ("<|start_header_id|>", "llama3"),
     ("<|im_start|>", "chatml"),
+    ("Human: ", "human_assistant"),
     ("Assistant:", "deepseek"),
     ("[INST]", "mistral"),
 )
@@ -306,3 +340,62 @@ def encode_prompt_with_model_jinja(conv: Conversation, tokenizer) -> list[int]:
     if jinja is None:
         raise ChatforgeError("template.use_model_jinja needs a tokenizer with a chat template; this one has none")
     return _render_ids(tokenizer, jinja, conv, True)
+
+
+# ---------------------------------------------------------------------------------------------- choosing a template
+
+
+@dataclass
+class TemplateChoice:
+    """The template a run uses, how it was chosen, and what the guard compared (print `message` at start)."""
+
+    template: ChatTemplate
+    use_model_jinja: bool
+    source: str
+    report: GuardReport | None = None
+
+    @property
+    def message(self) -> str:
+        if self.use_model_jinja:
+            return (
+                f"chat template: the model's own Jinja (template.use_model_jinja; {self.template.name!r} gives "
+                "stop strings and the tool-call syntax)"
+            )
+        line = f"chat template: {self.template.name} ({self.source})"
+        if self.report is not None and self.report.compared:
+            line += f"; matches the model's own on {len(self.report.compared)} probe renders"
+        elif self.report is not None and self.report.skipped:
+            line += f"; {self.report.skipped[0]}"
+        return line
+
+
+def choose_template(
+    tokenizer,
+    name: str | None = None,
+    *,
+    use_model_jinja: bool = False,
+    default_system: str | None = None,
+    fallback: str = "chatml",
+    check: bool = True,
+) -> TemplateChoice:
+    """Pick the run's template: `name` (template.name) if given, else the family the tokenizer's own Jinja looks like,
+    else `fallback`; then guard it against the model's own template (unless `use_model_jinja`, or `check=False` for
+    tokenizers chatforge just built). `default_system` (template.default_system) is applied after the check: it is the
+    user's deliberate change. Call before `prepare_tokenizer`."""
+    if name:
+        template, source = get_template(name), "template.name"
+    else:
+        guess = guess_template_name(tokenizer)
+        if guess:
+            template, source = get_template(guess), "picked from the model's own chat template"
+        else:
+            template, source = get_template(fallback), "the model has no recognisable chat template; default"
+    report = None
+    if use_model_jinja:
+        if model_jinja(tokenizer) is None:
+            raise ChatforgeError("template.use_model_jinja=true, but the model ships no chat template")
+    elif check:
+        report = check_model_template(tokenizer, template)
+    if default_system is not None:
+        template = template.with_default_system(default_system)
+    return TemplateChoice(template, use_model_jinja, source, report)
