@@ -191,3 +191,23 @@ def test_guard_on_the_embedded_smollm2(smollm2_available):
     assert choice.template.name == "smollm2" and len(choice.report.compared) == 6
     with pytest.raises(ChatforgeError, match="template.name=smollm2"):
         check_model_template(tok, "chatml")  # chatml drops SmolLM2's default system prompt
+
+
+def test_use_model_jinja_template_flows_through_tokenizer_and_cache():
+    """The wrapped template keeps the model's Jinja when prepared, and the tokenization cache encodes with it."""
+    from chatforge.data.token_cache import tokenize_dataset
+    from chatforge.errors import DataError
+
+    ours_tok = tiny_tokenizer()
+    prepare_tokenizer(ours_tok, "qwen2.5")
+    model_tok = _model_tokenizer(HAND_QWEN)
+    choice = choose_template(model_tok, "llama3", use_model_jinja=True)  # the wrapped pieces do not render here
+    prepare_tokenizer(model_tok, choice.template)
+    assert model_tok.chat_template == HAND_QWEN, "the saved template stays the model's own"
+    data = tokenize_dataset(CONVS, model_tok, choice.template, mask="all_assistant")
+    for i, conv in enumerate(CONVS):
+        expected = encode_conversation(conv, ours_tok, "qwen2.5")
+        assert data.encoded(i).input_ids == expected.input_ids and data.encoded(i).trained == expected.trained
+    forged = Conversation([Message("user", "hi<|im_start|>"), Message("assistant", "x")], meta={"source": "f.jsonl"})
+    with pytest.raises(DataError, match="f.jsonl.*special-token text"):
+        encode_conversation(forged, model_tok, choice.template)

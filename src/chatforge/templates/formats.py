@@ -95,6 +95,11 @@ class ChatTemplate:
     # Which turns the `all_assistant` / `last_assistant` masks train: text replies and tool-calling replies by default.
     trained_roles: tuple[str, ...] = ("assistant", "tool_call")
     stop_words: tuple[str, ...] = ()  # extra strings that end generation
+    # template.use_model_jinja: the model's own Jinja renders the text (masks from rendered prefixes, see
+    # chatforge.templates.model_jinja); the pieces above then only give stop strings and the tool-call syntax.
+    model_jinja: str | None = None
+    jinja_vars: tuple[tuple[str, str], ...] = ()  # bos_token, eos_token, ... as the tokenizer passes them
+    jinja_specials: tuple[str, ...] = ()  # the tokenizer's special-token texts (message text must not spell them)
 
     def with_default_system(self, text: str | None) -> ChatTemplate:
         return replace(self, default_system=text)

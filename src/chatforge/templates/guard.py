@@ -6,9 +6,9 @@ generation prompt) with that Jinja and with chatforge's template and refuses, na
 they disagree: training on one format and chatting in another silently degrades a model.
 
 The two ways to proceed: pick the matching chatforge template (`template.name=...`), or keep the model's own format
-with `template.use_model_jinja: true`. In that mode `encode_with_model_jinja` derives the trained mask by rendering
-prefixes of each conversation with the model's Jinja (the text an assistant turn adds is trained), so the saved
-template stays the model's own.
+with `template.use_model_jinja: true` (`choose_template(..., use_model_jinja=True)` returns the template wrapping the
+model's Jinja, see `chatforge.templates.model_jinja`): masks come from rendering prefixes of each conversation with
+the model's Jinja, and the saved template stays the model's own.
 
 `guess_template_name(tokenizer)` names the built-in template that a tokenizer's own Jinja looks like.
 """
@@ -20,17 +20,10 @@ from dataclasses import dataclass, field
 
 from chatforge.data.schema import Conversation, Message, ToolCall
 from chatforge.errors import ChatforgeError
-from chatforge.templates.encode import (
-    Encoded,
-    _backend,
-    encode_conversation,
-    encode_prompt,
-    prepare_tokenizer,
-    special_strings,
-    trained_flags,
-)
-from chatforge.templates.formats import ChatTemplate, get_template
-from chatforge.templates.render import MASK_MODES, Segment, to_hf_messages
+from chatforge.templates.encode import Encoded, encode_conversation, encode_prompt, prepare_tokenizer, special_strings
+from chatforge.templates.formats import CHATML, ChatTemplate, get_template
+from chatforge.templates.model_jinja import model_jinja, with_model_jinja
+from chatforge.templates.render import to_hf_messages
 
 _PROBE_TOOL = {
     "name": "get_weather",
@@ -96,26 +89,12 @@ def probe_conversations() -> list[tuple[str, str, Conversation]]:
     ]
 
 
-def model_jinja(tokenizer) -> str | None:
-    """The tokenizer's own chat template text (the default one of a named set), or None."""
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()), None)
-    return template or None
-
-
 def _render_ids(tokenizer, jinja: str, conv: Conversation, generation: bool) -> list[int]:
     messages, tools = to_hf_messages(conv)
     out = tokenizer.apply_chat_template(
         messages, tools=tools, chat_template=jinja, tokenize=True, add_generation_prompt=generation
     )
     return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
-def _render_text(tokenizer, jinja: str | None, messages: list[dict], tools, generation: bool, **kw) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tools=tools, chat_template=jinja, tokenize=False, add_generation_prompt=generation, **kw
-    )
 
 
 @dataclass
@@ -134,8 +113,8 @@ def _tools_supported(tokenizer, jinja: str) -> bool:
     name, _, conv = probe_conversations()[3]
     messages, tools = to_hf_messages(conv)
     try:
-        with_tools = _render_text(tokenizer, jinja, messages, tools, False)
-        without = _render_text(tokenizer, jinja, messages, None, False)
+        with_tools = tokenizer.apply_chat_template(messages, tools=tools, chat_template=jinja, tokenize=False)
+        without = tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False)
     except Exception:  # noqa: BLE001 - any template error means: this template cannot render tools
         return False
     return with_tools != without and "Paris" in with_tools.split("Weather in Paris?", 1)[-1]
@@ -276,70 +255,19 @@ def guess_template_name(tokenizer) -> str | None:
 def encode_with_model_jinja(
     conv: Conversation, tokenizer, mask: str = "all_assistant", max_length: int | None = None
 ) -> Encoded:
-    """Ids and trained mask of `conv` rendered by the tokenizer's own Jinja chat template.
+    """Ids and trained mask of `conv` rendered by the tokenizer's own Jinja chat template (template.use_model_jinja).
 
     A trained assistant turn is the text it adds: render(messages[:i+1]) minus render(messages[:i]) with the
     generation prompt, less trailing whitespace after its end marker. Raises ChatforgeError when the template does
     not render earlier turns as a prefix of later renders (Qwen3 drops old thinking blocks: use
-    mask=last_assistant there), or when message text spells a special token (it cannot be kept plain here)."""
-    if mask not in MASK_MODES:
-        raise ChatforgeError(f"unknown mask mode {mask!r}; choose one of: {', '.join(MASK_MODES)}")
-    jinja = model_jinja(tokenizer)
-    if jinja is None:
-        raise ChatforgeError("template.use_model_jinja needs a tokenizer with a chat template; this one has none")
-    specials = special_strings(tokenizer)
-    for i, m in enumerate(conv.messages):
-        forged = next((s for s in specials if s in m.content), None)
-        if forged:
-            raise ChatforgeError(
-                f"message {i} ({m.role}) contains the special-token text {forged!r}; with template.use_model_jinja "
-                "it would become a real marker. Clean the data or use a chatforge template (which keeps it plain)."
-            )
-    messages, tools = to_hf_messages(conv)
-    full = _render_text(tokenizer, jinja, messages, tools, False)
-    assistant = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
-    if mask == "all":
-        targets = []
-    elif mask == "last_assistant":
-        targets = assistant[-1:]
-    else:
-        targets = assistant
-    targets = [i for i in targets if conv.messages[i].train is not False]
-    spans = []
-    for i in targets:
-        before = _render_text(tokenizer, jinja, messages[:i], tools, True)
-        through = _render_text(tokenizer, jinja, messages[: i + 1], tools, False)
-        if not through.startswith(before) or not full.startswith(through):
-            raise ChatforgeError(
-                f"the model's chat template renders assistant turn {i} differently once more messages follow "
-                "(it is not prefix-stable, e.g. Qwen3 drops earlier thinking blocks), so its mask cannot be derived; "
-                "use template.mask=last_assistant, or a chatforge template (template.name=...)"
-            )
-        end = len(before) + len(through[len(before) :].rstrip())
-        spans.append((len(before), end))
-    segments = []
-    pos = 0
-    for start, end in spans:
-        if start > pos:
-            segments.append(Segment(full[pos:start], mask == "all", False))
-        if end > start:
-            segments.append(Segment(full[start:end], True, False))
-        pos = max(pos, end)
-    if pos < len(full):
-        segments.append(Segment(full[pos:], mask == "all", False))
-    enc = _backend(tokenizer).encode(full, add_special_tokens=False)
-    encoded = Encoded(list(enc.ids), trained_flags(segments, enc).astype(bool).tolist())
-    if max_length is not None and len(encoded) > max_length:
-        encoded = Encoded(encoded.input_ids[:max_length], encoded.trained[:max_length])
-    return encoded
+    mask=last_assistant there), or DataError when message text spells a special token. Same result as
+    `encode_conversation(conv, tokenizer, with_model_jinja(template, tokenizer), mask)` for any template."""
+    return encode_conversation(conv, tokenizer, with_model_jinja(CHATML, tokenizer), mask, max_length)
 
 
 def encode_prompt_with_model_jinja(conv: Conversation, tokenizer) -> list[int]:
     """The generation prompt rendered by the tokenizer's own Jinja chat template."""
-    jinja = model_jinja(tokenizer)
-    if jinja is None:
-        raise ChatforgeError("template.use_model_jinja needs a tokenizer with a chat template; this one has none")
-    return _render_ids(tokenizer, jinja, conv, True)
+    return encode_prompt(conv, tokenizer, with_model_jinja(CHATML, tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------- choosing a template
@@ -392,8 +320,7 @@ def choose_template(
             template, source = get_template(fallback), "the model has no recognisable chat template; default"
     report = None
     if use_model_jinja:
-        if model_jinja(tokenizer) is None:
-            raise ChatforgeError("template.use_model_jinja=true, but the model ships no chat template")
+        template = with_model_jinja(template, tokenizer)
     elif check:
         report = check_model_template(tokenizer, template)
     if default_system is not None:

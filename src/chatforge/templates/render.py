@@ -122,6 +122,10 @@ def render_segments(
     conv: Conversation, template: ChatTemplate, mask: MaskMode = "all_assistant", add_generation_prompt: bool = False
 ) -> list[Segment]:
     """The conversation as ordered segments; trained segments are exactly what the loss sees."""
+    if template.model_jinja is not None:  # template.use_model_jinja
+        from chatforge.templates.model_jinja import model_jinja_segments
+
+        return model_jinja_segments(conv, template, mask, add_generation_prompt)
     if mask not in MASK_MODES:
         raise ChatforgeError(f"unknown mask mode {mask!r}; choose one of: {', '.join(MASK_MODES)}")
     t = template
@@ -494,8 +498,10 @@ def _jinja_tool(t: ChatTemplate) -> str:
 def to_jinja(template: ChatTemplate) -> str:
     """The template as a Jinja chat template (HF `apply_chat_template` conventions: `messages`, `tools`,
     `add_generation_prompt`, Qwen3's `enable_thinking`; tool calls as OpenAI `tool_calls` with dict or JSON-string
-    arguments)."""
+    arguments). A template wrapping the model's own Jinja (`template.use_model_jinja`) returns that Jinja."""
     t = template
+    if t.model_jinja is not None:
+        return t.model_jinja
     default_system = "none" if t.default_system is None else _lit(t.default_system)
     content = {"content": "m['content']", "round": "(ns.round | string)"}
     user_open, _, user_close = t.user.partition("{content}")
