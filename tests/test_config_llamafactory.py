@@ -192,3 +192,17 @@ def test_llamafactory_example_trains_through_chatforge(tmp_path, capsys):
     assert cli(["train", str(run), "train.num_threads=1", "train.progress=false"]) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] == 2
+
+
+def test_maybe_convert_passes_chatforge_files_through(tmp_path):
+    from chatforge.config_llamafactory import maybe_convert
+
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(LLAMA3_LORA_SFT)
+    path, unmapped = maybe_convert(lf, tmp_path)
+    assert path == tmp_path / "lf.chatforge.yaml" and len(unmapped) == 7
+    assert load_train_config(path).peft.r == 8
+    own = tmp_path / "own.yaml"
+    own.write_text("train:\n  epochs: 1\n")
+    assert maybe_convert(own) == (own, [])
+    assert maybe_convert(None) == (None, [])

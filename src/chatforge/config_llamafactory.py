@@ -2,8 +2,9 @@
 
     chatforge config from-llamafactory lf.yaml [-o run.yaml]     # writes the equivalent chatforge YAML
 
-`from_llamafactory(dict) -> (chatforge_dict, [(key, reason), ...])` is the mapping itself (`chatforge train lf.yaml`
-can call it after `is_llamafactory_config`). Every key is either mapped or listed with the reason it is not; keys
+`from_llamafactory(dict) -> (chatforge_dict, [(key, reason), ...])` is the mapping itself; `maybe_convert(path)` is
+what `chatforge train lf.yaml` calls: it returns a converted YAML's path (plus the unmapped keys) for an LLaMA-Factory
+file and any other path unchanged. Every key is either mapped or listed with the reason it is not; keys
 that would change what a run means (a DPO stage, QLoRA bits) are refused with NotSupportedError instead of being
 dropped, so a converted run never silently trains something else.
 """
@@ -266,6 +267,28 @@ def convert_file(path: str | Path) -> tuple[dict, list[tuple[str, str]]]:
             "finetuning_type keys)"
         )
     return from_llamafactory(data)
+
+
+def maybe_convert(path: str | Path | None, workdir: str | Path | None = None) -> tuple[Path | None, list]:
+    """For `chatforge train PATH`: an LLaMA-Factory YAML is converted to a chatforge YAML (written in `workdir`, a
+    temporary folder by default) and that path returned with the unmapped keys; any other path comes back as is."""
+    if path is None:
+        return None, []
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return p, []  # the config loader reports it
+    if not is_llamafactory_config(data):
+        return p, []
+    cfg, unmapped = from_llamafactory(data)
+    if workdir is None:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="chatforge-lf-")
+    out = Path(workdir) / (p.stem + ".chatforge.yaml")
+    out.write_text(to_yaml(cfg, unmapped, str(p)), encoding="utf-8")
+    return out, unmapped
 
 
 def to_yaml(cfg: dict, unmapped: list[tuple[str, str]], source: str) -> str:
