@@ -274,3 +274,19 @@ def test_yaml_template_problems_are_reported_together(tmp_path):
         assert needle in message
     with pytest.raises(ChatforgeError, match="not found"):
         get_template(str(tmp_path / "missing.yaml"))
+
+
+def test_data_show_takes_aliases_and_yaml_templates(tmp_path, capsys):
+    import json
+
+    from chatforge.cli import main
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}))
+    (tmp_path / "rounds.yaml").write_text(SEED_YAML, encoding="utf-8")
+    for name, shown in (("qwen", "qwen2.5"), (str(tmp_path / "rounds.yaml"), "rounds")):
+        argv = ["data", "show", str(data), "--model", str(tmp_path / "tok"), "--template", name, "--color", "never"]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert f"template {shown}," in out and "[[yo" in out
