@@ -283,7 +283,9 @@ def test_data_show_takes_aliases_and_yaml_templates(tmp_path, capsys):
 
     tiny_tokenizer().save_pretrained(tmp_path / "tok")
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}))
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    )
     (tmp_path / "rounds.yaml").write_text(SEED_YAML, encoding="utf-8")
     for name, shown in (("qwen", "qwen2.5"), (str(tmp_path / "rounds.yaml"), "rounds")):
         argv = ["data", "show", str(data), "--model", str(tmp_path / "tok"), "--template", name, "--color", "never"]
