@@ -126,7 +126,12 @@ class DataConfig:
 
 @dataclass
 class TemplateConfig:
-    name: str | None = field(default=None, metadata=_help("chat template; None = pick from the model"))
+    name: str | None = field(
+        default=None, metadata=_help("chat template name, LLaMA-Factory alias or YAML file; None = pick from the model")
+    )
+    use_model_jinja: bool = field(
+        default=False, metadata=_help("train with the model's own Jinja chat template (masks from rendered prefixes)")
+    )
     mask: Literal["all_assistant", "last_assistant", "all"] = field(
         default="all_assistant", metadata=_help("which tokens are trained")
     )

@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="chatforge data show", description="Print records coloured by which tokens are trained."
     )
     p.add_argument("file", help="a data file, or a dataset name with --dataset-info")
-    p.add_argument("--template", choices=list(TEMPLATES), help="chat template (default: the model's own)")
+    p.add_argument(
+        "--template",
+        metavar="NAME|FILE.yaml",
+        help=f"chat template: {', '.join(TEMPLATES)}, an LLaMA-Factory name, or a YAML template (default: the model's)",
+    )
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"tokenizer: HF folder, .gguf or name (default {DEFAULT_MODEL})"
     )
@@ -137,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if not result.records:
         raise ChatforgeError(f"{args.file}: no records to show ({result.summary()})")
     from chatforge.models.loading import default_template_for, load_tokenizer
-    from chatforge.templates import prepare_tokenizer
+    from chatforge.templates import get_template, prepare_tokenizer
 
     tokenizer = load_tokenizer(args.model)
-    template = args.template or default_template_for(tokenizer)
+    template = get_template(args.template or default_template_for(tokenizer))
     # Only in memory: markers a template needs but the tokenizer lacks are added so the mask can be shown at all.
     added = prepare_tokenizer(tokenizer, template)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(
-        f"model {args.model}, template {template}, mask {args.mask}"
+        f"model {args.model}, template {template.name}, mask {args.mask}"
         + (f", {added} marker tokens added" if added else "")
     )
     try:

@@ -169,9 +169,10 @@ def encode_text(text: str, tokenizer, add_eos: bool = True) -> list[int]:
     return ids
 
 
-def prepare_tokenizer(tokenizer, template: ChatTemplate | str) -> int:
+def prepare_tokenizer(tokenizer, template: ChatTemplate | str, install_jinja: bool = True) -> int:
     """Make `tokenizer` able to render `template`: add missing marker tokens as special tokens and install the Jinja
-    chat template. Returns the number of tokens added (resize the model's embeddings when > 0)."""
+    chat template (unless `install_jinja=False`, as with `template.use_model_jinja`, where the model's own Jinja stays).
+    Returns the number of tokens added (resize the model's embeddings when > 0)."""
     template = get_template(template)
     vocab = tokenizer.get_vocab()
     missing = [t for t in template.special_tokens if t not in vocab]
@@ -181,18 +182,19 @@ def prepare_tokenizer(tokenizer, template: ChatTemplate | str) -> int:
     unregistered = [t for t in template.special_tokens if t not in specials]
     if unregistered:
         tokenizer.add_special_tokens({"additional_special_tokens": unregistered})
-    tokenizer.chat_template = to_jinja(template)
+    if install_jinja:
+        tokenizer.chat_template = to_jinja(template)
     return added
 
 
 def stop_token_ids(tokenizer, template: ChatTemplate | str) -> list[int]:
-    """Ids that end an assistant turn: the template's end-of-turn marker and the tokenizer's EOS."""
+    """Ids that end an assistant turn: the template's stop strings that are single tokens, and the tokenizer's EOS."""
     template = get_template(template)
     ids = []
-    marker = template.assistant_end.strip()
-    marker_id = tokenizer.convert_tokens_to_ids(marker)
-    if marker_id is not None and marker_id != tokenizer.unk_token_id:
-        ids.append(marker_id)
+    for marker in template.stop_strings:
+        marker_id = tokenizer.convert_tokens_to_ids(marker)
+        if marker_id is not None and marker_id != tokenizer.unk_token_id and marker_id not in ids:
+            ids.append(marker_id)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
