@@ -2,6 +2,7 @@
 
     chatforge data show|convert|clean ...   chatforge train CONFIG [k=v ...]   chatforge eval CONFIG [k=v ...]
     chatforge export ...                    chatforge chat --model ...         chatforge serve --model ...
+    chatforge verify DIR
     chatforge demo
 
 Each sub-command lives in its package (`chatforge.<package>.commands`) and exposes `main(argv) -> int`.
@@ -19,7 +20,8 @@ COMMANDS = {
     "data": ("chatforge.data.commands", "prepare, convert, clean and inspect datasets"),
     "train": ("chatforge.training.commands", "train a model (SFT, continued pretraining) from a YAML config"),
     "eval": ("chatforge.evaluation.commands", "evaluate a model and write a report"),
-    "export": ("chatforge.export.commands", "merge adapters, quantize, write GGUF"),
+    "export": ("chatforge.export.commands", "merge a LoRA adapter; write HF (int8/int4), GGUF, Ollama Modelfile"),
+    "verify": ("chatforge.export.verify", "re-hash an exported folder against its SHA256SUMS"),
     "chat": ("chatforge.serving.chat_cli", "chat with a model in the terminal"),
     "serve": ("chatforge.serving.server", "serve an OpenAI-compatible HTTP API and a web chat page"),
     "demo": ("chatforge.demo", "the main job: grounded QA on the embedded model, before/after a LoRA fine-tune"),
