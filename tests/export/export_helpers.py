@@ -9,11 +9,12 @@ from chatforge.models.tiny import tiny_llama, tiny_tokenizer
 from chatforge.templates import prepare_tokenizer
 
 
-def make_base(folder, dtype=torch.float32, seed=0, template="chatml"):
+def make_base(folder, dtype=torch.float32, seed=0, template="chatml", style="bytelevel", **config):
     """A tiny Llama (rope_theta 100000, like SmolLM2) + tokenizer with our chat template, saved to `folder`."""
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(style=style)
     prepare_tokenizer(tok, template)
-    model = tiny_llama(len(tok), seed=seed, rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    rope = {"rope_type": "default", "rope_theta": 100000.0}
+    model = tiny_llama(len(tok), seed=seed, rope_parameters=rope, **config)
     model.to(dtype).save_pretrained(folder)
     tok.save_pretrained(folder)
     return model, tok

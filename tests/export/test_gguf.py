@@ -1,0 +1,109 @@
+"""GGUF export: read back with transformers' GGUF loader, the file gives the HF model's tokens, template and logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from export_helpers import make_base
+from gguf import GGMLQuantizationType, GGUFReader, TokenType
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from chatforge.errors import NotSupportedError
+from chatforge.export.gguf import write_gguf
+
+CHAT = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Hello world! How are you today? 1234 北京 酒店"},
+]
+TEXT = " ".join(["The quick brown fox jumps over the lazy dog. Paris is the capital of France."] * 6)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf") / "hf"
+    # Larger initial weights than the default 0.02 make the random model's next-token choices clear-cut, so top-1
+    # agreement measures quantization error rather than ties.
+    make_base(folder, initializer_range=0.2)
+    return folder
+
+
+def _field(reader, key):
+    return reader.fields[key].contents()
+
+
+def _load_gguf(path):
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def test_f16_file_matches_the_hf_model(hf_folder, tmp_path):
+    path = write_gguf(hf_folder, tmp_path / "model-f16.gguf", "f16")
+    hf = AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    hf_tok = AutoTokenizer.from_pretrained(hf_folder)
+    model, tok = _load_gguf(path)
+    assert tok.chat_template == hf_tok.chat_template  # the trained template, embedded
+    text = hf_tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == text
+    ids = hf_tok(text, return_tensors="pt").input_ids
+    assert tok(text, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():
+        # The file holds the weights rounded to float16 (norms stay float32): compare with exactly that model.
+        for param in hf.parameters():
+            if param.ndim == 2:
+                param.copy_(param.half().float())
+        diff = (model(ids).logits - hf(ids).logits).abs().max()
+    assert diff < 1e-2, diff
+
+    reader = GGUFReader(path)
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "llama.rope.freq_base") == 100000.0
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt2"
+    tokens, types = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.token_type")
+    im_end = tokens.index("<|im_end|>")
+    assert _field(reader, "tokenizer.ggml.eot_token_id") == im_end == hf_tok.convert_tokens_to_ids("<|im_end|>")
+    assert types[im_end] == TokenType.CONTROL and types[300] == TokenType.NORMAL
+    assert _field(reader, "tokenizer.ggml.add_bos_token") is False
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == GGMLQuantizationType.F16
+    assert kinds["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+    assert "output.weight" in kinds  # untied head
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_quantized_files_hold_the_quantized_weights_in_the_right_layout(hf_folder, tmp_path, kind):
+    """Logits equal the HF model with each matrix quantized and dequantized by gguf's own code: names, Q/K row
+    order and block layout are right. (Quality on a real model: test_smollm2_q8_0_agrees_on_the_next_token.)"""
+    from gguf import quants
+
+    path = write_gguf(hf_folder, tmp_path / f"model-{kind}.gguf", kind)
+    kinds = {t.name: t.tensor_type for t in GGUFReader(path).tensors}
+    assert kinds["blk.0.ffn_down.weight"] == GGMLQuantizationType[kind.upper()]
+    if kind == "q4_0":  # embeddings and output head stay 8-bit
+        assert kinds["token_embd.weight"] == kinds["output.weight"] == GGMLQuantizationType.Q8_0
+    hf = AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if param.ndim == 2:
+                qtype = (
+                    GGMLQuantizationType.Q8_0
+                    if ("embed" in name or "lm_head" in name)
+                    else kinds["blk.0.ffn_down.weight"]
+                )
+                roundtrip = quants.dequantize(quants.quantize(param.numpy(), qtype), qtype)
+                param.copy_(torch.from_numpy(roundtrip.reshape(param.shape)))
+    model, _ = _load_gguf(path)
+    ids = AutoTokenizer.from_pretrained(hf_folder)(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (model(ids).logits - hf(ids).logits).abs().max() < 1e-4
+
+
+def test_tied_embeddings_write_no_output_matrix(tmp_path):
+    make_base(tmp_path / "hf", tie_word_embeddings=True)
+    reader = GGUFReader(write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "q8_0"))
+    assert "output.weight" not in {t.name for t in reader.tensors}
+
+
+def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
+    make_base(tmp_path / "hf", style="metaspace")
+    with pytest.raises(NotSupportedError, match="byte-level BPE"):
+        write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "f16")
