@@ -14,6 +14,7 @@ weights weight-only quantized with torchao instead of in `--dtype`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
             "types (--gguf q8_0 / q4_0): run the export twice"
         )
 
-    from chatforge.export.merge import merge_model, save_hf_folder, write_folder_atomically
+    from chatforge.export.merge import EXPORT_INFO, merge_model, save_hf_folder, write_folder_atomically
 
     model, tokenizer, report = merge_model(args.model, args.adapter, args.dtype, check=not args.no_check)
     for note in report.notes:
@@ -56,18 +57,24 @@ def main(argv: list[str]) -> int:
     info: dict = {"merge": asdict(report)}
 
     def fill(folder: Path) -> None:
-        nonlocal model
         if args.quantize:
-            from chatforge.export.quantize import quantize_model
+            import shutil
 
-            model = quantize_model(model, args.quantize)
+            from chatforge.export.quantize import quantize_folder
+
+            scratch = folder / ".unquantized"
+            save_hf_folder(model, tokenizer, scratch)
+            quantize_folder(scratch, folder, args.quantize)
+            shutil.rmtree(scratch)
             info["quantize"] = {"scheme": args.quantize, "library": "torchao"}
+            (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            return
         save_hf_folder(model, tokenizer, folder, info)
         if args.gguf:
             from chatforge.export.gguf import write_gguf
 
             gguf_path = folder / f"model-{args.gguf}.gguf"
-            write_gguf(folder, gguf_path, args.gguf)
+            write_gguf(folder, gguf_path, args.gguf, name=Path(args.output).name)
             if args.ollama:
                 from chatforge.export.modelfile import write_modelfile
 

@@ -66,8 +66,8 @@ def to_go_template(t: ChatTemplate) -> str:
     sys_open, sys_close = _halves(t.system) if t.system else ("", "")
     # The system text: the system prompt, then (with tools) a blank line and the tool block.
     system_body = (
-        "{{- $sys }}{{- if .Tools }}{{- if $sys }}" + _q("\n\n") + "{{- end }}" + _q(TOOLS_INTRO)
-        + "{{- range $i, $t := .Tools }}{{- if $i }}" + _q("\n") + "{{- end }}"
+        "{{- $sys }}{{- if $.Tools }}{{- if $sys }}" + _q("\n\n") + "{{- end }}" + _q(TOOLS_INTRO)
+        + "{{- range $i, $t := $.Tools }}{{- if $i }}" + _q("\n") + "{{- end }}"
         + _q('{"type": "function", "function": ') + "{{- $t.Function }}" + _q("}") + "{{- end }}"
         + _q(TOOLS_OUTRO) + "{{- end }}"
     )  # fmt: skip
@@ -83,7 +83,7 @@ def to_go_template(t: ChatTemplate) -> str:
         "{{- $sys = (index $msgs 0).Content }}{{- $hasSys = true }}{{- $msgs = slice $msgs 1 }}"
         + default
         + "{{- end }}",
-        "{{- $pending := or $hasSys .Tools }}",
+        "{{- $pending := or $hasSys $.Tools }}",
     ]
     if t.bos:
         lines.append("{{- " + json.dumps(t.bos) + " }}")
