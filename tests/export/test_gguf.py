@@ -107,3 +107,27 @@ def test_sentencepiece_style_tokenizer_is_refused(tmp_path):
     make_base(tmp_path / "hf", style="metaspace")
     with pytest.raises(NotSupportedError, match="byte-level BPE"):
         write_gguf(tmp_path / "hf", tmp_path / "m.gguf", "f16")
+
+
+@pytest.mark.real_model
+def test_smollm2_gguf_matches_and_q8_0_agrees_on_the_next_token(smollm2_available, tmp_path):
+    """The embedded SmolLM2-135M: f16 GGUF within 1e-2 of the same weights in HF; q8_0 top-1 agreement >= 99%."""
+    from chatforge.models.loading import resolve_model_path
+
+    base = resolve_model_path("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(base)
+    hf = AutoModelForCausalLM.from_pretrained(base).eval()
+    ids = tok(TEXT + " " + CHAT[1]["content"] * 3, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hf_top = hf(ids).logits.argmax(-1)
+        q8 = write_gguf(base, tmp_path / "model-q8_0.gguf", "q8_0")
+        agree = (_load_gguf(q8)[0](ids).logits.argmax(-1) == hf_top).float().mean().item()
+        assert agree >= 0.99, agree
+        f16, f16_tok = _load_gguf(write_gguf(base, tmp_path / "model-f16.gguf", "f16"))
+        for param in hf.parameters():
+            if param.ndim == 2:
+                param.copy_(param.half().float())
+        assert (f16(ids).logits - hf(ids).logits).abs().max() < 1e-2
+    text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert f16_tok(text)["input_ids"] == tok(text)["input_ids"]
+    assert f16_tok.chat_template == tok.chat_template
