@@ -58,3 +58,13 @@ def test_quantized_hf_folder_loads_back(base_and_adapter, tmp_path, scheme):
     with torch.no_grad():
         got, want = model(ids).logits.float(), peft_model(ids).logits
     assert (got - want).abs().mean() < (0.05 if scheme == "int8" else 0.2) * want.abs().mean()
+
+
+def test_quantize_without_torchao_says_how_to_install(base_and_adapter, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is not None:
+        pytest.skip("torchao is installed")
+    base, _, _, _ = base_and_adapter
+    assert cli.main(["export", "--model", str(base), "--output", str(tmp_path / "o"), "--quantize", "int8"]) == 2
+    assert "pip install" in capsys.readouterr().err and not (tmp_path / "o").exists()

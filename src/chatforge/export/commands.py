@@ -49,6 +49,10 @@ def main(argv: list[str]) -> int:
             "types (--gguf q8_0 / q4_0): run the export twice"
         )
 
+    if args.quantize:  # fail before the (slow) merge when torchao is missing
+        from chatforge.export.quantize import require_torchao
+
+        require_torchao()
     from chatforge.export.merge import EXPORT_INFO, merge_model, save_hf_folder, write_folder_atomically
 
     model, tokenizer, report = merge_model(args.model, args.adapter, args.dtype, check=not args.no_check)

@@ -28,7 +28,8 @@ SCHEMES = ("int8", "int4")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
-def _require_torchao():
+def require_torchao() -> None:
+    """NotSupportedError naming the install command when torchao is missing."""
     try:
         import torchao  # noqa: F401
     except ImportError:
@@ -50,7 +51,7 @@ def int4_group_size(config: dict) -> int:
 
 def torchao_config(scheme: str, config: dict):
     """transformers' TorchAoConfig for `scheme`."""
-    _require_torchao()
+    require_torchao()
     import torch
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
@@ -82,7 +83,7 @@ def quantize_folder(source: Path, target: Path, scheme: str) -> None:
 
 def load_quantized(folder: str | Path):
     """A quantized folder loaded back for use (torchao must be installed)."""
-    _require_torchao()
+    require_torchao()
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
