@@ -135,3 +135,37 @@ def test_smollm2_gguf_matches_and_q8_0_agrees_on_the_next_token(smollm2_availabl
     text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     assert f16_tok(text)["input_ids"] == tok(text)["input_ids"]
     assert f16_tok.chat_template == tok.chat_template
+
+
+def test_qwen2_architecture_round_trips(tmp_path):
+    """Qwen2: attention biases, no Q/K reordering (llama.cpp's qwen2 uses the halves RoPE layout like HF)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from chatforge.models.tiny import tiny_tokenizer
+    from chatforge.templates import prepare_tokenizer
+
+    tok = tiny_tokenizer()
+    prepare_tokenizer(tok, "chatml")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.3,
+    )  # fmt: skip
+    hf = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # random (non-zero) biases, so a dropped or misplaced bias shows
+        for layer in hf.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    path = write_gguf(tmp_path / "hf", tmp_path / "qwen2-f16.gguf", "f16")
+    reader = GGUFReader(path)
+    assert _field(reader, "general.architecture") == "qwen2"
+    assert "blk.0.attn_q.bias" in {t.name for t in reader.tensors}
+    model, _ = _load_gguf(path)
+    ids = tok(TEXT, return_tensors="pt").input_ids[:, :64]
+    with torch.no_grad():
+        for param in hf.parameters():
+            if param.ndim == 2:
+                param.copy_(param.half().float())
+        assert (model(ids).logits - hf(ids).logits).abs().max() < 1e-2
