@@ -2,7 +2,8 @@
 
     chatforge data show|convert|clean ...   chatforge train CONFIG [k=v ...]   chatforge eval CONFIG [k=v ...]
     chatforge export ...                    chatforge chat --model ...         chatforge serve --model ...
-    chatforge config from-llamafactory LF.yaml [-o OUT.yaml]                   chatforge demo
+    chatforge config from-llamafactory LF.yaml [-o OUT.yaml]                   chatforge verify DIR
+    chatforge demo
 
 Each sub-command lives in its package (`chatforge.<package>.commands`) and exposes `main(argv) -> int`.
 User errors (`ChatforgeError`) print one clear message and exit 2, never a traceback; so does a bare `chatforge`
@@ -22,7 +23,8 @@ COMMANDS = {
     "tokenizer": ("chatforge.data.tokenizer_train", "train a byte-level BPE tokenizer for pretraining from scratch"),
     "train": ("chatforge.training.commands", "train a model (SFT, continued pretraining) from a YAML config"),
     "eval": ("chatforge.evaluation.commands", "evaluate a model and write a report; compare runs"),
-    "export": ("chatforge.export.commands", "merge a LoRA adapter into its base model (safetensors + checksums)"),
+    "export": ("chatforge.export.commands", "merge a LoRA adapter; write HF (int8/int4), GGUF, Ollama Modelfile"),
+    "verify": ("chatforge.export.verify", "re-hash an exported folder against its SHA256SUMS"),
     "chat": ("chatforge.serving.chat_cli", "chat with a model in the terminal"),
     "serve": ("chatforge.serving.server", "serve an OpenAI-compatible HTTP API and a web chat page"),
     "ui": ("chatforge.ui.commands", "training web UI: configure, launch and watch runs, evaluate, chat, export"),

@@ -1,73 +1,102 @@
-"""`chatforge export`: merge a LoRA adapter into its base model and write a plain HF safetensors folder + checksums.
+"""`chatforge export`: merge a LoRA adapter into its base, then write the formats users run models in.
 
     chatforge export --model smollm2-135m-instruct --adapter runs/demo/adapter --output exported/demo
+    chatforge export --model M --adapter A --output exported/demo --gguf q8_0 --ollama
+    chatforge export --model M --adapter A --output exported/demo-int4 --quantize int4
 
-The merged folder loads with `AutoModelForCausalLM.from_pretrained` (no peft needed) and carries the tokenizer with
-its chat template. `SHA256SUMS` lists every file. Quantization and GGUF writing are not implemented yet: asking for
-them raises a clear "not supported" error.
+The output folder always holds the merged model as a safetensors HF folder (loads in transformers 4.4x and 5.x, no
+peft needed), its tokenizer with the trained chat template, `chatforge_export.json` (what was merged and how it was
+checked) and `SHA256SUMS`; `chatforge verify DIR` re-hashes it. `--gguf TYPE` adds `model-TYPE.gguf` for llama.cpp
+(chat template embedded), `--ollama` adds an Ollama `Modelfile` next to it, and `--quantize int8|int4` stores the HF
+weights weight-only quantized with torchao instead of in `--dtype`.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
+import json
+import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from chatforge.errors import ChatforgeError, NotSupportedError
-from chatforge.paths import sha256_file
 
+log = logging.getLogger(__name__)
 
-def write_checksums(folder: Path) -> Path:
-    """`SHA256SUMS` in `sha256sum -c` format for every file under `folder`."""
-    lines = [
-        f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}"
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "SHA256SUMS"
-    ]
-    out = folder / "SHA256SUMS"
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
-def export_merged(model_spec: str, adapter: str | None, output: Path, dtype: str = "float32") -> Path:
-    """Merge `adapter` (if any) into the base model and save it atomically to `output`."""
-    from chatforge.models.loading import load_model_and_tokenizer
-
-    if output.exists() and any(output.iterdir()):
-        raise ChatforgeError(f"output folder {output} is not empty; choose a new one")
-    model, tokenizer = load_model_and_tokenizer(model_spec, adapter=adapter, dtype=dtype)
-    if adapter:
-        model = model.merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=output.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_checksums(tmp)
-        if output.exists():
-            output.rmdir()
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0")
+QUANTIZE_TYPES = ("int8", "int4")
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="chatforge export", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="base model: HF folder, .gguf file or smollm2-135m-instruct")
     ap.add_argument("--adapter", help="LoRA adapter folder to merge into the base")
-    ap.add_argument("--output", required=True, help="new folder for the merged model")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--quantize", help="not supported yet (e.g. q4_0, int8)")
-    ap.add_argument("--gguf", action="store_true", help="not supported yet: write a GGUF file for llama.cpp/Ollama")
+    ap.add_argument("--output", required=True, help="new folder for the exported model")
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the saved weights (default: the base's)"
+    )
+    ap.add_argument("--gguf", choices=GGUF_TYPES, help="also write a GGUF file of this type for llama.cpp / Ollama")
+    ap.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile (needs --gguf)")
+    ap.add_argument("--template", help="chat template name for the Modelfile (default: found from the tokenizer)")
+    ap.add_argument("--quantize", choices=QUANTIZE_TYPES, help="save the HF weights weight-only quantized (torchao)")
+    ap.add_argument("--no-check", action="store_true", help="skip the merged-vs-unmerged logits check")
     args = ap.parse_args(argv)
-    if args.quantize or args.gguf:
+    if args.ollama and not args.gguf:
+        raise ChatforgeError("--ollama needs --gguf TYPE: the Modelfile points Ollama at the GGUF file")
+    if args.quantize and args.gguf:
         raise NotSupportedError(
-            "quantization and GGUF export are not implemented yet; export a merged safetensors folder and convert it "
-            "with llama.cpp's convert_hf_to_gguf.py"
+            "--quantize (torchao HF weights) and --gguf in one run are not supported; GGUF has its own quantized "
+            "types (--gguf q8_0 / q4_0): run the export twice"
         )
-    out = export_merged(args.model, args.adapter, Path(args.output), args.dtype)
-    print(f"merged model written to {out} (checksums in {out / 'SHA256SUMS'})")
+
+    if args.quantize:  # fail before the (slow) merge when torchao is missing
+        from chatforge.export.quantize import require_torchao
+
+        require_torchao()
+    from chatforge.export.merge import EXPORT_INFO, merge_model, save_hf_folder, write_folder_atomically
+
+    model, tokenizer, report = merge_model(args.model, args.adapter, args.dtype, check=not args.no_check)
+    for note in report.notes:
+        log.warning("%s", note)
+    info: dict = {"merge": asdict(report)}
+
+    def fill(folder: Path) -> None:
+        if args.quantize:
+            import shutil
+
+            from chatforge.export.quantize import quantize_folder
+
+            scratch = folder / ".unquantized"
+            save_hf_folder(model, tokenizer, scratch)
+            quantize_folder(scratch, folder, args.quantize)
+            shutil.rmtree(scratch)
+            info["quantize"] = {"scheme": args.quantize, "library": "torchao"}
+            (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            return
+        save_hf_folder(model, tokenizer, folder, info)
+        if args.gguf:
+            from chatforge.export.gguf import write_gguf
+
+            gguf_path = folder / f"model-{args.gguf}.gguf"
+            write_gguf(folder, gguf_path, args.gguf, name=Path(args.output).name)
+            if args.ollama:
+                from chatforge.export.modelfile import write_modelfile
+
+                write_modelfile(folder / "Modelfile", gguf_path.name, tokenizer, template=args.template)
+
+    out = write_folder_atomically(Path(args.output), fill)
+    checks = []
+    if report.max_diff_float32 is not None:
+        checks.append(f"merged vs base+adapter max logit diff {report.max_diff_float32:.1e} (float32)")
+    if report.error_saved_dtype is not None:
+        checks.append(
+            f"mean error vs float32 base+adapter {report.error_saved_dtype:.1e} in {report.dtype} "
+            f"(base+adapter itself in {report.dtype}: {report.error_unmerged_same_dtype:.1e})"
+        )
+    if report.adapter:
+        checks.append(f"{report.changed_modules}/{report.lora_modules} LoRA modules change the base")
+    print(f"exported {out} ({report.dtype}{', ' + args.quantize if args.quantize else ''})")
+    if checks:
+        print("checked: " + ", ".join(checks))
+    print(f"checksums in {out / 'SHA256SUMS'}; check them with: chatforge verify {out}")
     return 0
