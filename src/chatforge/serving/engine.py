@@ -251,6 +251,7 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 NEG_INF = float("-inf")
+MIN_TEMPERATURE = 1e-4  # at 1e-4 a logit gap of 0.01 already gives odds of e^-100: sampling is greedy in effect
 
 
 def sample_next(logits: torch.Tensor, seq: Sequence) -> int:
@@ -284,7 +285,7 @@ def sample_next(logits: torch.Tensor, seq: Sequence) -> int:
     best = logits.max()
     if not torch.isfinite(best):
         raise ChatforgeError("no token is allowed at this step (every logit is masked)")
-    if p.temperature <= 0:
+    if p.temperature < MIN_TEMPERATURE:  # below this, float32 division breaks down; the limit is greedy anyway
         token = int(torch.argmax(logits))
     else:
         logits = (logits - best) / p.temperature  # <= 0 everywhere; the best token stays at exactly 0
@@ -299,7 +300,8 @@ def sample_next(logits: torch.Tensor, seq: Sequence) -> int:
             probs = probs.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), 0.0)
         if p.min_p > 0:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-        token = int(torch.multinomial(probs.cpu(), 1, generator=seq.generator))
+        probs = torch.nan_to_num(probs, nan=0.0).cpu()
+        token = int(torch.multinomial(probs, 1, generator=seq.generator)) if probs.sum() > 0 else int(probs.argmax())
     if p.wants_logprobs:
         row = seq._pending_logprobs
         seq.logprobs.append(TokenLogprob(token, float(row[token]), seq._pending_top))

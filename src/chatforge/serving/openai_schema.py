@@ -232,13 +232,23 @@ NOT_IMPLEMENTED = {
 }
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
+
+
 def _loc(loc: tuple) -> str:
+    """A pydantic error location as an OpenAI `param` path (`messages[0].content`), without union-member tags."""
     out = ""
+    last = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part not in ("body",) and not str(part).startswith(("function-", "literal[", "str", "list[", "dict[")):
-            out += f".{part}" if out else str(part)
+            continue
+        part = str(part)
+        bare = part.split("[", 1)[0].lower()
+        if part == "body" or "[" in part or bare in _TYPE_TAGS or part[:1].isupper() or part == last:
+            continue  # 'str', 'list[TextPart]', 'function-after[...]', model class names, repeated tagged-union keys
+        out += f".{part}" if out else part
+        last = part
     return out
 
 

@@ -39,35 +39,49 @@ def _errors(*codes: int) -> dict:
     return {str(c): _json_response("error", {"$ref": "#/components/schemas/Error"}) for c in codes}
 
 
-def _post(summary: str, model: str, ok: dict) -> dict:
+def _post(summary: str, model: str, ok: dict, example: dict) -> dict:
+    media = {"schema": {"$ref": f"#/components/schemas/{model}"}, "example": example}
     return {
         "post": {
             "summary": summary,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
-            },
+            "requestBody": {"required": True, "content": {"application/json": media}},
             "responses": {"200": ok, **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
         }
     }
 
 
-@lru_cache(maxsize=2)
-def openapi_document(with_tools: bool = False) -> dict:
+@lru_cache(maxsize=8)
+def openapi_document(model_name: str, with_tools: bool = False) -> dict:
+    """The document for a server serving `model_name` (the only value `model` may take)."""
     _, top = models_json_schema(
         [(ChatRequest, "validation"), (CompletionRequest, "validation"), (EmbeddingRequest, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     schemas = {**top.get("$defs", {}), "Error": ERROR}
+    for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
+        schemas[name]["properties"]["model"] = {"type": "string", "enum": [model_name], "title": "Model"}
     stream_or_json = {
         "description": "a completion (JSON), or server-sent events when stream is true",
         "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {}}},
     }
     paths = {
-        "/v1/chat/completions": _post("Chat completion (OpenAI format)", "ChatRequest", stream_or_json),
-        "/v1/completions": _post("Text completion (OpenAI legacy format)", "CompletionRequest", stream_or_json),
+        "/v1/chat/completions": _post(
+            "Chat completion (OpenAI format)",
+            "ChatRequest",
+            stream_or_json,
+            {"model": model_name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8},
+        ),
+        "/v1/completions": _post(
+            "Text completion (OpenAI legacy format)",
+            "CompletionRequest",
+            stream_or_json,
+            {"model": model_name, "prompt": "Once upon a time", "max_tokens": 8},
+        ),
         "/v1/embeddings": _post(
-            "Embeddings: mean-pooled, L2-normalised last hidden state", "EmbeddingRequest", _json_response("embeddings")
+            "Embeddings: mean-pooled, L2-normalised last hidden state",
+            "EmbeddingRequest",
+            _json_response("embeddings"),
+            {"model": model_name, "input": ["first text", "second text"]},
         ),
         "/v1/models": {
             "get": {"summary": "The served model", "responses": {"200": _json_response("models"), **_errors(401)}}

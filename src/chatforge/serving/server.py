@@ -239,7 +239,7 @@ def create_app(
     async def openapi():
         from chatforge.serving.openapi import openapi_document
 
-        return openapi_document(with_tools=toolbox is not None)
+        return openapi_document(model_name, with_tools=toolbox is not None)
 
     @app.get("/v1/models")
     async def models(request: Request):
