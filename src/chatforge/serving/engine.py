@@ -148,6 +148,7 @@ class Sequence:
         self.on_delta = on_delta
         self.on_finish = on_finish
         self.constraint = constraint
+        self.adapter = BASE_ADAPTER  # the PEFT adapter this row decodes with (multi-adapter engines only)
         self.generated: list[int] = []
         self.logprobs: list[TokenLogprob] = []
         self.text = ""  # the full decoded generation so far (cut at a stop string once one is seen)
@@ -251,6 +252,7 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 NEG_INF = float("-inf")
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 MIN_TEMPERATURE = 1e-4  # at 1e-4 a logit gap of 0.01 already gives odds of e^-100: sampling is greedy in effect
 
 
@@ -358,10 +360,13 @@ class DecodeBatch:
     removes finished or cancelled ones. Not thread-safe: one thread drives it.
     """
 
-    def __init__(self, model, tokenizer, max_total: int):
+    def __init__(self, model, tokenizer, max_total: int, multi_adapter: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.max_total = max_total
+        # Several LoRA adapters on one base: each row names its adapter and PEFT applies per-row LoRA weights in one
+        # forward pass (mixed-batch inference), so requests for different adapters share the batch.
+        self.multi_adapter = multi_adapter
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.seqs: list[Sequence] = []
@@ -371,6 +376,9 @@ class DecodeBatch:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def _adapter_kwargs(self, seqs: list[Sequence]) -> dict:
+        return {"adapter_names": [s.adapter for s in seqs]} if self.multi_adapter else {}
 
     @torch.inference_mode()
     def add(self, seqs: list[Sequence]) -> list[Sequence]:
@@ -392,6 +400,7 @@ class DecodeBatch:
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs(seqs),
         )
         logits = out.logits[:, -1, :]
         tokens = pick_tokens(logits, seqs)
@@ -462,6 +471,7 @@ class DecodeBatch:
             position_ids=self.mask.sum(-1, keepdim=True) - 1,
             past_key_values=self.cache,
             use_cache=True,
+            **self._adapter_kwargs(self.seqs),
         )
         self.cache = out.past_key_values
         logits = out.logits[:, -1, :]
@@ -489,6 +499,7 @@ class Engine:
         self.last_sequence: Sequence | None = None  # the latest `stream()`'s sequence (text, tokens, finish reason)
         self._constraints = None
         self._constraints_lock = threading.Lock()
+        self.adapters: dict[str, str] = {}  # served name -> PEFT adapter name, when several adapters share the base
 
     @classmethod
     def load(
@@ -551,9 +562,10 @@ class Engine:
             return self._constraints
 
     @torch.inference_mode()
-    def embed(self, prompts: list[list[int]]) -> torch.Tensor:
+    def embed(self, prompts: list[list[int]], adapter: str = BASE_ADAPTER) -> torch.Tensor:
         """[N, hidden] float32 embeddings: the mean over real tokens of the decoder's last hidden state (after the
-        final norm), L2-normalised. Prompts are left-padded into one batch."""
+        final norm), L2-normalised. Prompts are left-padded into one batch. `adapter`: the PEFT adapter name to use
+        on a multi-adapter engine."""
         width = max(len(p) for p in prompts)
         device = next(self.model.parameters()).device
         ids = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -562,17 +574,51 @@ class Engine:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        decoder = base.get_decoder()  # LoRA layers are injected in place, so an adapter still applies here
-        hidden = decoder(
-            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
-        ).last_hidden_state
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.adapters:  # through PEFT's forward, which applies the chosen adapter per row
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                logits_to_keep=1,
+                adapter_names=[adapter] * len(prompts),
+            )
+            hidden = out.hidden_states[-1]  # after the final norm, as last_hidden_state
+        else:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            decoder = base.get_decoder()  # LoRA layers are injected in place, so an adapter still applies here
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1).float() / weights.sum(1).float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
     def new_batch(self) -> DecodeBatch:
-        return DecodeBatch(self.model, self.tokenizer, self.max_total)
+        return DecodeBatch(self.model, self.tokenizer, self.max_total, multi_adapter=bool(self.adapters))
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load one more LoRA adapter onto the (PEFT) base under `name`; rows choose it with `Sequence.adapter`.
+
+        The engine must have been loaded with an adapter (its PEFT name is "default"); adapters must share the
+        tokenizer (an adapter that added tokens cannot be mixed with others)."""
+        from pathlib import Path
+
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise ChatforgeError(f"--adapter {name}={path}: expected a folder with adapter_config.json")
+        if not hasattr(self.model, "load_adapter"):
+            raise ChatforgeError("several adapters need the first --adapter to be loaded with the model")
+        if (folder / "tokenizer_config.json").is_file():
+            from chatforge.models.loading import load_tokenizer
+
+            if load_tokenizer(folder).get_vocab() != self.tokenizer.get_vocab():
+                raise ChatforgeError(f"--adapter {name}={path}: its tokenizer differs from the base adapter's")
+        try:
+            self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ChatforgeError(f"cannot apply adapter {folder}: {type(err).__name__}: {err}") from err
+        self.model.eval()
+        self.adapters[name] = name
 
     def completion(self, seq: Sequence) -> Completion:
         from chatforge.templates import parse_reply

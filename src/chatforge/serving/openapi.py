@@ -51,15 +51,16 @@ def _post(summary: str, model: str, ok: dict, example: dict) -> dict:
 
 
 @lru_cache(maxsize=8)
-def openapi_document(model_name: str, with_tools: bool = False) -> dict:
-    """The document for a server serving `model_name` (the only value `model` may take)."""
+def openapi_document(model_names: tuple[str, ...], with_tools: bool = False) -> dict:
+    """The document for a server serving `model_names` (the only values `model` may take)."""
+    model_name = model_names[0]
     _, top = models_json_schema(
         [(ChatRequest, "validation"), (CompletionRequest, "validation"), (EmbeddingRequest, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     schemas = {**top.get("$defs", {}), "Error": ERROR}
     for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
-        schemas[name]["properties"]["model"] = {"type": "string", "enum": [model_name], "title": "Model"}
+        schemas[name]["properties"]["model"] = {"type": "string", "enum": list(model_names), "title": "Model"}
     stream_or_json = {
         "description": "a completion (JSON), or server-sent events when stream is true",
         "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {}}},

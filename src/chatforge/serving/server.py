@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.schema import Conversation, ToolCall
 from chatforge.errors import ChatforgeError, NotSupportedError
-from chatforge.serving.engine import Engine, Sequence
+from chatforge.serving.engine import BASE_ADAPTER, Engine, Sequence
 from chatforge.serving.openai_schema import (
     APIError,
     ChatRequest,
@@ -149,11 +149,16 @@ def create_app(
         if not secrets.compare_digest(given.encode(), api_key.encode()):
             raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')", "invalid_api_key")
 
-    def check_model(name: str) -> None:
-        if name != model_name:
+    # Served model ids -> the PEFT adapter their rows decode with (several adapters on one base), or None.
+    routes: dict[str, str | None] = {model_name: BASE_ADAPTER if engine.adapters else None, **engine.adapters}
+
+    def check_model(name: str) -> str | None:
+        if name not in routes:
+            served = ", ".join(repr(n) for n in routes)
             raise APIError(
-                404, f"model {name!r} not found; this server serves {model_name!r}", "model_not_found", param="model"
+                404, f"model {name!r} not found; this server serves {served}", "model_not_found", param="model"
             )
+        return routes[name]
 
     async def body_of(request: Request, model):
         check_key(request)
@@ -188,7 +193,7 @@ def create_app(
                 param="logit_bias",
             )
 
-    def start(loop, prompts: list[list[int]], params, n: int, grammar: str | None, grammar_param, chat: bool):
+    def start(loop, prompts, params, n: int, grammar: str | None, grammar_param, chat: bool, adapter=None):
         """Build the request's sequences (len(prompts) * n), wired to one event queue, and queue them all. Runs in a
         worker thread (grammar compilation can take a moment); events are put on `loop`."""
         events: asyncio.Queue = asyncio.Queue()
@@ -212,6 +217,8 @@ def create_app(
                     raise APIError(400, str(err), "unsupported_value", param=grammar_param) from None
                 except ChatforgeError as err:
                     raise APIError(400, str(err), "invalid_value", param=grammar_param) from None
+                if adapter is not None:
+                    seq.adapter = adapter
                 seqs.append(seq)
         try:
             scheduler.submit(seqs)
@@ -239,19 +246,19 @@ def create_app(
     async def openapi():
         from chatforge.serving.openapi import openapi_document
 
-        return openapi_document(model_name, with_tools=toolbox is not None)
+        return openapi_document(tuple(routes), with_tools=toolbox is not None)
 
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        return {"object": "list", "data": [_model_card(model_name, created)]}
+        return {"object": "list", "data": [_model_card(name, created) for name in routes]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: Request):
         check_key(request)
-        if name != model_name:
-            raise APIError(404, f"model {name!r} not found; this server serves {model_name!r}", "model_not_found")
-        return _model_card(model_name, created)
+        if name not in routes:
+            raise APIError(404, f"model {name!r} not found", "model_not_found")
+        return _model_card(name, created)
 
     if toolbox is not None:
 
@@ -308,10 +315,18 @@ def create_app(
         )
         check_bias(params)
         seqs, events = await asyncio.to_thread(
-            start, asyncio.get_running_loop(), [prompt_ids], params, req.n, grammar, grammar_param, True
+            start,
+            asyncio.get_running_loop(),
+            [prompt_ids],
+            params,
+            req.n,
+            grammar,
+            grammar_param,
+            True,
+            routes[req.model],
         )
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        ctx = _Ctx(engine, rid, model_name, bool(conv.tools), bool(req.logprobs))
+        ctx = _Ctx(engine, rid, req.model, bool(conv.tools), bool(req.logprobs))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(_chat_sse(ctx, seqs, events, include_usage), seqs)
@@ -345,10 +360,10 @@ def create_app(
         )
         check_bias(params)
         seqs, events = await asyncio.to_thread(
-            start, asyncio.get_running_loop(), prompts, params, req.n, None, None, False
+            start, asyncio.get_running_loop(), prompts, params, req.n, None, None, False, routes[req.model]
         )
         rid = f"cmpl-{uuid.uuid4().hex}"
-        ctx = _Ctx(engine, rid, model_name, False, want_lp)
+        ctx = _Ctx(engine, rid, req.model, False, want_lp)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(_completion_sse(ctx, seqs, events, include_usage), seqs)
@@ -376,7 +391,8 @@ def create_app(
 
         def run() -> list:
             with embed_lock:  # one embedding batch at a time next to the decode loop
-                return [engine.embed(prompts[i : i + 16]) for i in range(0, len(prompts), 16)]
+                adapter = routes[req.model] or BASE_ADAPTER
+                return [engine.embed(prompts[i : i + 16], adapter) for i in range(0, len(prompts), 16)]
 
         try:
             parts = await asyncio.to_thread(run)
@@ -399,7 +415,7 @@ def create_app(
         return {
             "object": "list",
             "data": data,
-            "model": model_name,
+            "model": req.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
@@ -681,7 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatforge serve", description="Serve an OpenAI-compatible API and a web chat page."
     )
     ap.add_argument("--model", required=True, help="HF folder, .gguf file, or smollm2-135m-instruct")
-    ap.add_argument("--adapter", help="a LoRA adapter folder to apply")
+    ap.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="a LoRA adapter folder to apply, or NAME=FOLDER (repeatable: several adapters on one base, chosen by "
+        "the request's model; the base itself stays served under --served-name)",
+    )
     ap.add_argument("--template", help="chat template name (default: the model's own)")
     ap.add_argument("--served-name", help="model id clients use (default: the --model folder/file name)")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -712,6 +734,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     return ap
+
+
+def parse_adapters(values: list[str]) -> list[tuple[str | None, str]]:
+    """`--adapter` values: one plain folder, or any number of NAME=FOLDER (names unique, usable as model ids)."""
+    if len(values) == 1 and "=" not in values[0]:
+        return [(None, values[0])]
+    out: list[tuple[str | None, str]] = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ChatforgeError(f"--adapter {v!r}: with several adapters each must be NAME=FOLDER")
+        if name in (n for n, _ in out) or name == BASE_ADAPTER:
+            raise ChatforgeError(f"--adapter {v!r}: the name {name!r} is used twice or reserved")
+        out.append((name, path))
+    return out
 
 
 def default_served_name(model: str) -> str:
@@ -766,7 +803,13 @@ def main(argv: list[str] | None = None) -> int:
         from chatforge.serving.toolbox import load_tools
 
         toolbox = load_tools(args.tools)
-    engine = Engine.load(args.model, adapter=args.adapter, template=args.template, dtype=args.dtype, device=args.device)
+    named = parse_adapters(args.adapter)
+    first = named[0][1] if named else None
+    engine = Engine.load(args.model, adapter=first, template=args.template, dtype=args.dtype, device=args.device)
+    if named and named[0][0] is not None:
+        engine.adapters[named[0][0]] = "default"  # PEFT's name for the adapter loaded with the model
+        for name, path in named[1:]:
+            engine.add_adapter(name, path)
     app = create_app(
         engine,
         args.served_name or default_served_name(args.model),
