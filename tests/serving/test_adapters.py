@@ -97,3 +97,25 @@ def test_adapter_flag_parsing():
     for bad in (["a=/x", "/y"], ["a=/x", "a=/y"], ["=/x", "b=/y"]):
         with pytest.raises(ChatforgeError):
             parse_adapters(bad)
+
+
+@pytest.mark.integration
+def test_official_client_picks_the_adapter(folders):
+    openai = pytest.importorskip("openai")
+    from conftest import serve_in_thread
+
+    engine = _multi(folders)
+    want = {
+        name: Engine.load(str(folders / "base"), adapter=str(folders / name), template="chatml")
+        .generate([CONV], SamplingParams(max_new_tokens=5))[0]
+        .text
+        for name in ("a", "b")
+    }
+    with serve_in_thread(create_app(engine, "base")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+        assert sorted(m.id for m in client.models.list().data) == ["a", "b", "base"]
+        for name in ("a", "b"):
+            out = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "hello world"}], max_tokens=5, temperature=0
+            )
+            assert out.model == name and out.choices[0].message.content == want[name]
