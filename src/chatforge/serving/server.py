@@ -183,6 +183,13 @@ def create_app(
                 413, f"prompt is {len(ids)} tokens; the limit is {max_prompt}", "context_length_exceeded", param=param
             )
 
+    async def prepare_token_bytes() -> None:
+        """Logprobs report exact token bytes through llguidance's tokenizer view; build it off the event loop once."""
+        try:
+            await asyncio.to_thread(engine.constraints)
+        except ChatforgeError:  # llguidance missing or tokenizer unsupported: tokens are decoded instead
+            pass
+
     def check_bias(params) -> None:
         bad = [t for t in params.logit_bias if t >= engine.vocab_size]
         if bad:
@@ -325,6 +332,8 @@ def create_app(
             True,
             routes[req.model],
         )
+        if req.logprobs:
+            await prepare_token_bytes()
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         ctx = _Ctx(engine, rid, req.model, bool(conv.tools), bool(req.logprobs))
         if req.stream:
@@ -362,6 +371,8 @@ def create_app(
         seqs, events = await asyncio.to_thread(
             start, asyncio.get_running_loop(), prompts, params, req.n, None, None, False, routes[req.model]
         )
+        if want_lp:
+            await prepare_token_bytes()
         rid = f"cmpl-{uuid.uuid4().hex}"
         ctx = _Ctx(engine, rid, req.model, False, want_lp)
         if req.stream:
