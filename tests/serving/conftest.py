@@ -30,6 +30,24 @@ PLAIN_TAIL = "很。"  # sent byte by byte: e5 be 88 e3 80 82, all distinct
 PLAIN_REPLY = PLAIN_HEAD + PLAIN_TAIL
 TOOL_JSON = '{"name": "search_hotels", "arguments": {"city": "Beijing"}}'
 TOOL_REPLY = TOOL_CALL_OPEN + TOOL_JSON + TOOL_CALL_CLOSE
+# Two calls whose arguments arrive over several tokens (every piece distinct, as a bigram chain needs).
+FRAG_PIECES = [
+    TOOL_CALL_OPEN,
+    '{"name": "search_hotels", "arguments": ',
+    '{"city": ',
+    '"Beij',
+    'ing"}}',
+    TOOL_CALL_CLOSE + "\n" + TOOL_CALL_OPEN,
+    '{"name": "get_weather", "arguments": ',
+    '{"day": "to',
+    'day"}}',
+    TOOL_CALL_CLOSE,
+]
+WEATHER_SPEC = {
+    "name": "get_weather",
+    "description": "Weather for a day.",
+    "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]},
+}
 TOOL_SPEC = {
     "name": "search_hotels",
     "description": "Search hotels in a city.",
@@ -56,9 +74,10 @@ def _byte_token_ids(tok, text: str) -> list[int]:
 
 
 def scripted_model(kind: str):
-    """(model, tokenizer): a tiny Llama that answers every chatml prompt with PLAIN_REPLY ('plain') or TOOL_REPLY."""
+    """(model, tokenizer): a tiny Llama that answers every chatml prompt with PLAIN_REPLY ('plain'), TOOL_REPLY
+    ('tool') or two tool calls streamed in fragments ('frag': the concatenation of FRAG_PIECES)."""
     tok = tiny_tokenizer()
-    pieces = [PLAIN_HEAD] if kind == "plain" else [TOOL_CALL_OPEN, TOOL_JSON, TOOL_CALL_CLOSE]
+    pieces = {"plain": [PLAIN_HEAD], "tool": [TOOL_CALL_OPEN, TOOL_JSON, TOOL_CALL_CLOSE], "frag": FRAG_PIECES}[kind]
     tok.add_tokens(pieces)
     script = [tok.convert_tokens_to_ids(p) for p in pieces]
     if kind == "plain":
@@ -100,6 +119,14 @@ def plain_model():
 @pytest.fixture(scope="session")
 def tool_model():
     return scripted_model("tool")
+
+
+@pytest.fixture(scope="session")
+def frag_model():
+    return scripted_model("frag")
+
+
+LOCAL = "http://127.0.0.1:8000"  # TestClient base URL: the Host header the server accepts when bound to loopback
 
 
 def free_port() -> int:

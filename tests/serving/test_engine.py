@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import PLAIN_REPLY, TOOL_SPEC
 
 from chatforge.data.schema import Conversation, Message
+from chatforge.errors import ChatforgeError
 from chatforge.models.tiny import tiny_llama
 from chatforge.serving.engine import REPLACEMENT_CHAR, Engine, SamplingParams, Sequence, sample_next
 
@@ -130,3 +132,34 @@ def test_top_p_and_repetition_penalty():
     # A strong repetition penalty on seen token 1 (the prompt) makes token 2 the greedy choice.
     assert sample_next(logits.clone(), _seq(repetition_penalty=2.0)) == 2
     assert sample_next(logits.clone(), _seq()) == 1
+
+
+def test_openai_penalties_min_p_bias_and_extreme_values():
+    logits = torch.tensor([0.0, 5.0, 4.9, -1.0])
+    seq = _seq(frequency_penalty=0.1)
+    seq.counts.update({1: 2})  # token 1 generated twice: 5.0 - 2 * 0.1 = 4.8 < 4.9
+    assert sample_next(logits.clone(), seq) == 2
+    seq = _seq(presence_penalty=0.05)
+    seq.counts.update({1: 5})  # presence counts once: 5.0 - 0.05 = 4.95 > 4.9
+    assert sample_next(logits.clone(), seq) == 1
+    # min_p 0.5 keeps tokens with p >= half the best one: 1 and 2 (near-equal), never 0 or 3.
+    assert {sample_next(logits.clone(), _seq(temperature=1.0, min_p=0.5, seed=s)) for s in range(40)} == {1, 2}
+    assert sample_next(logits.clone(), _seq(logit_bias={3: 100.0})) == 3
+    # Values that used to overflow float32 into NaN now sample (greedy in the limit).
+    for kw in (dict(temperature=1e-300), dict(temperature=1e-40), dict(temperature=1.0, repetition_penalty=1e-40)):
+        assert sample_next(logits.clone(), _seq(**kw)) == 1, kw
+    for bad in (dict(temperature=float("nan")), dict(top_p=float("inf")), dict(seed=2**64), dict(min_p=2.0)):
+        with pytest.raises(ChatforgeError):
+            SamplingParams(**bad).validate()
+
+
+def test_logprobs_are_recorded_without_the_stop_token(plain_model):
+    model, tok = plain_model
+    engine = Engine(model, tok, "chatml")
+    seq = engine.new_sequence(engine.encode(_convs(1)[0]), SamplingParams(max_new_tokens=50, top_logprobs=2))
+    batch = engine.new_batch()
+    batch.add([seq])
+    while len(batch):
+        batch.step()
+    assert [lp.token for lp in seq.logprobs] == seq.generated
+    assert all(lp.logprob <= 0 and len(lp.top) == 2 and lp.top[0][0] == lp.token for lp in seq.logprobs)

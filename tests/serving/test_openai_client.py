@@ -146,3 +146,124 @@ def test_client_disconnect_stops_generation(tiny_tok):
         while time.time() < deadline and httpx.get(f"{base}/health").json()["running"]:
             time.sleep(0.1)
         assert httpx.get(f"{base}/health").json()["running"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The features of issue #15, each through the official client against an in-process uvicorn server.
+
+
+def _tok_id(piece: str) -> int:
+    from chatforge.models.tiny import tiny_tokenizer
+
+    return tiny_tokenizer().convert_tokens_to_ids(piece)
+
+
+@pytest.fixture(scope="module")
+def plain_client():
+    from conftest import scripted_model as make
+
+    model, tok = make("plain")
+    with serve_in_thread(create_app(Engine(model, tok, "chatml"), "tiny", max_tokens_limit=200)) as base:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_client_reassembles_streamed_tool_call_fragments():
+    from conftest import WEATHER_SPEC
+    from conftest import scripted_model as make
+
+    model, tok = make("frag")
+    tools = TOOLS + [{"type": "function", "function": WEATHER_SPEC}]
+    with serve_in_thread(create_app(Engine(model, tok, "chatml"), "tiny")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+        with client.chat.completions.stream(model="tiny", messages=USER, tools=tools) as stream:
+            argument_deltas = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+            final = stream.get_final_completion()
+    assert len(argument_deltas) >= 5  # fragments, not one whole string per call
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    got = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+    assert got == [("search_hotels", {"city": "Beijing"}), ("get_weather", {"day": "today"})]
+
+
+def test_client_forced_tool_call_and_structured_output(plain_client):
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    spec = {
+        "name": "book",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"enum": ["Paris", "Rome"]},
+                "nights": {"type": "integer", "minimum": 1, "maximum": 9},
+            },
+            "required": ["city", "nights"],
+            "additionalProperties": False,
+        },
+    }
+    out = plain_client.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        tools=[{"type": "function", "function": spec}],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=100,
+    )
+    (call,) = out.choices[0].message.tool_calls
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "book" and args["city"] in ("Paris", "Rome") and 1 <= args["nights"] <= 9
+
+    class Answer(BaseModel):
+        ok: bool
+        city: Literal["Paris", "Beijing"]
+
+    parsed = plain_client.chat.completions.parse(model="tiny", messages=USER, response_format=Answer, max_tokens=100)
+    answer = parsed.choices[0].message.parsed
+    assert isinstance(answer, Answer) and answer.city in ("Paris", "Beijing")
+    # json_object: the scripted model would write its sentence as a key forever; a bias on "}" ends the object, and
+    # the grammar only lets "}" through where it closes it.
+    brace = plain_client.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        response_format={"type": "json_object"},
+        max_tokens=20,
+        temperature=0,
+        logit_bias={str(_tok_id("}")): 100},
+    )
+    assert brace.choices[0].message.content == "{}" and brace.choices[0].finish_reason == "stop"
+
+
+def test_client_n_logprobs_completions_embeddings(plain_client):
+    from conftest import PLAIN_REPLY
+
+    out = plain_client.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        n=2,
+        logprobs=True,
+        top_logprobs=3,
+        seed=5,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logit_bias={"5": -100},
+        extra_body={"min_p": 0.05},
+    )
+    assert len(out.choices) == 2
+    for ch in out.choices:
+        assert ch.message.content == PLAIN_REPLY  # the scripted reply never repeats a token: penalties change nothing
+        assert len(ch.logprobs.content) == 7 and all(len(t.top_logprobs) == 3 for t in ch.logprobs.content)
+    with pytest.raises(openai.BadRequestError) as err:
+        plain_client.chat.completions.create(model="tiny", messages=USER, temperature=2.5)
+    assert err.value.body["param"] == "temperature" and err.value.body["type"] == "invalid_request_error"
+
+    text = plain_client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0, logprobs=2)
+    assert text.choices[0].text and len(text.choices[0].logprobs.tokens) >= 1
+    streamed = plain_client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text.choices[0].text
+
+    emb = plain_client.embeddings.create(model="tiny", input=["hello", "hello", "bye"])  # base64 by default
+    vecs = [d.embedding for d in emb.data]
+    assert abs(sum(x * x for x in vecs[0]) - 1) < 1e-4 and vecs[0] == vecs[1] and vecs[0] != vecs[2]
+    floats = plain_client.embeddings.create(model="tiny", input="hello", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vecs[0])) < 1e-6

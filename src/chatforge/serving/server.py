@@ -1,329 +1,70 @@
 """`chatforge serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) and a one-file web chat page at `/`.
 
-Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (plain and SSE-streamed, with `tools` and `tool_calls` in
-both modes), `GET /health`, `GET /` (the page), and, when started with `--tools`, `GET /v1/tools` and
-`POST /v1/tools/{name}` so the page can run the server's tools and show their results.
+Endpoints: `POST /v1/chat/completions` (plain and SSE-streamed; tools, forced tool calls, JSON output, n, logprobs),
+`POST /v1/completions` (prompt in, text out, streamed too), `POST /v1/embeddings` (mean-pooled last hidden state,
+L2-normalised), `POST /tokenize`, `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text),
+`GET /openapi.json`, `GET /` (the page), and, only when started with `--tools`, `GET /v1/tools` and
+`POST /v1/tools/{name}` so the page can run the server's tools.
 
-All requests share one decode loop in a background thread (`Scheduler`): a request joins the running batch between
-two decode steps and leaves it when done, so concurrent clients are batched together (continuous batching). A client
-that disconnects cancels its sequence. Every error is OpenAI-style JSON `{"error": {"message", "type", "code",
-"param"}}` with 400/401/404/413/422/429 (503 if the decode loop itself fails); never a 500.
+Request bodies are checked in `openai_schema`, the HTTP guards (Host, Origin, Content-Type) live in `security`, the
+decode loop in `scheduler`, the response bodies and streams in `responses` and `sse`. Every error is OpenAI-style JSON
+`{"error": {"message", "type", "param", "code"}}` with 400/401/403/404/413/415/429 (503 if decoding itself fails).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
-import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import uuid
-from collections import deque
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatforge.data.schema import Conversation, Message, ToolCall
-from chatforge.errors import ChatforgeError
-from chatforge.serving.engine import Engine, SamplingParams, Sequence, _held_back
+from chatforge.data.schema import Conversation, ToolCall
+from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.serving.engine import BASE_ADAPTER, Engine, Sequence
+from chatforge.serving.openai_schema import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    output_grammar,
+    parse_json_body,
+    sampling_params,
+    to_conversation,
+    validate,
+)
+from chatforge.serving.responses import (
+    RequestContext,
+    chat_body,
+    chat_sse,
+    completion_body,
+    completion_sse,
+    sse_response,
+    wait_all,
+)
+from chatforge.serving.scheduler import Metrics, QueueFull, Scheduler
+from chatforge.serving.security import LOOPBACK_NAMES, GuardMiddleware, allowed_hosts_for
 from chatforge.serving.toolbox import Toolbox
 
 log = logging.getLogger("chatforge.serve")
 
-TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
-
-# ------------------------------------------------------------------------------------------------------ errors
-
-
-class APIError(Exception):
-    """An error answered as OpenAI-style JSON."""
-
-    def __init__(self, status: int, message: str, code: str, type_: str = "invalid_request_error", param=None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.type, self.param = status, message, code, type_, param
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
-        return JSONResponse(body, status_code=self.status)
-
-
-# ------------------------------------------------------------------------------------------------ request schema
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FunctionCallIn(_Strict):
-    name: str
-    arguments: str | dict = "{}"
-
-
-class ToolCallIn(_Strict):
-    id: str | None = None
-    type: Literal["function"] = "function"
-    function: FunctionCallIn
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class MessageIn(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCallIn] | None = None
-    tool_call_id: str | None = None
-
-
-class FunctionSpec(_Strict):
-    name: str = Field(min_length=1, max_length=64)
-    description: str = ""
-    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool | None = None
-
-
-class ToolSpec(_Strict):
-    type: Literal["function"]
-    function: FunctionSpec
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class ChatRequest(_Strict):
-    model: str
-    messages: list[MessageIn] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)  # extension (vLLM-style)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)  # extension (vLLM-style)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    tools: list[ToolSpec] | None = None
-    tool_choice: str | dict | None = None
-    parallel_tool_calls: bool | None = None
-    user: str | None = None
-    logprobs: bool | None = None
-
-
-def _text(content: str | list[TextPart] | None) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else "".join(p.text for p in content)
-
-
-def to_conversation(req: ChatRequest) -> Conversation:
-    """The request's messages and tools as a chatforge Conversation (errors name the offending field)."""
-    messages = []
-    for i, m in enumerate(req.messages):
-        role = "system" if m.role == "developer" else m.role
-        calls = []
-        for j, tc in enumerate(m.tool_calls or []):
-            args = tc.function.arguments
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args or "{}")
-                except json.JSONDecodeError as err:
-                    raise APIError(
-                        400, f"arguments are not valid JSON: {err}", "invalid_tool_call", param=_p(i, j)
-                    ) from None
-            if not isinstance(args, dict):
-                raise APIError(400, "arguments must be a JSON object", "invalid_tool_call", param=_p(i, j))
-            calls.append(ToolCall(tc.function.name, args))
-        if calls and role != "assistant":
-            raise APIError(400, "only assistant messages may carry tool_calls", "invalid_message", f"messages[{i}]")
-        messages.append(Message(role, _text(m.content), calls))
-    if messages[-1].role == "assistant":
-        raise APIError(
-            400,
-            "the last message must not be an assistant message",
-            "invalid_message",
-            f"messages[{len(messages) - 1}]",
-        )
-    use_tools = req.tools and req.tool_choice in (None, "auto")
-    if req.tool_choice not in (None, "auto", "none"):
-        raise APIError(
-            400,
-            "tool_choice supports 'auto' and 'none' (forced tool calls are not implemented)",
-            "unsupported_value",
-            "tool_choice",
-        )
-    tools = [t.function.model_dump(exclude_none=True, exclude={"strict"}) for t in req.tools or []] if use_tools else []
-    return Conversation(messages, tools)
-
-
-def _p(i: int, j: int) -> str:
-    return f"messages[{i}].tool_calls[{j}].function.arguments"
-
-
-# ------------------------------------------------------------------------------------------------ the decode loop
-
-
-class QueueFull(Exception):
-    pass
-
-
-class Scheduler:
-    """The background thread that owns the model: admits waiting sequences into the running batch, steps it."""
-
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64):
-        self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
-        self.cond = threading.Condition()
-        self.waiting: deque[Sequence] = deque()
-        self.running = 0
-        self.peak_running = 0  # the largest batch decoded so far (reported by /health; shows batching happens)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, name="chatforge-decode", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        self.thread.join(timeout=10)
-
-    def submit(self, seq: Sequence) -> None:
-        with self.cond:
-            if len(self.waiting) + self.running >= self.max_queue:
-                raise QueueFull
-            self.waiting.append(seq)
-            self.cond.notify()
-
-    def load(self) -> dict:
-        return {
-            "running": self.running,
-            "waiting": len(self.waiting),
-            "max_batch": self.max_batch,
-            "peak_running": self.peak_running,
-        }
-
-    def _run(self) -> None:
-        batch = self.engine.new_batch()
-        while True:
-            with self.cond:
-                while not self.waiting and not len(batch) and not self.stopping:
-                    self.cond.wait()
-                if self.stopping:
-                    for s in list(self.waiting) + batch.seqs:
-                        s.cancel()
-                        s._finish("cancelled")
-                    return
-                new = [self.waiting.popleft() for _ in range(min(self.max_batch - len(batch), len(self.waiting)))]
-                self.running = len(batch) + len(new)
-                self.peak_running = max(self.peak_running, self.running)
-            for s in [s for s in new if s.cancelled.is_set()]:
-                s._finish("cancelled")
-            new = [s for s in new if not s.finished]
-            try:
-                if new:
-                    batch.add(new)
-                if len(batch):
-                    batch.step()
-            except Exception as err:  # a failure in the model must fail its requests, not hang them or the loop
-                log.exception("decode step failed")
-                for s in batch.seqs + new:
-                    if not s.finished:
-                        s.error = f"{type(err).__name__}: {err}"
-                        s._finish("error")
-                batch = self.engine.new_batch()
-            with self.cond:
-                self.running = len(batch)
-
-
-# ------------------------------------------------------------------------------------------------ tool-call stream
-
-
-class ToolCallSplitter:
-    """Splits streamed assistant text into content pieces and complete `<tool_call>...</tool_call>` blocks.
-
-    Text that might be the start of a marker is held back until it is decided; whitespace around tool calls is dropped
-    (as `parse_reply` strips it) so a pure tool-call reply streams no content.
-    """
-
-    def __init__(self, template):
-        from chatforge.templates import parse_reply
-
-        self.parse = lambda text: parse_reply(text, template)
-        self.buf = ""
-        self.inside = False
-        self.pending_ws = ""  # whitespace not yet known to be inside content
-        self.started = False  # any non-whitespace content emitted yet
-
-    def _content(self, text: str, out: list) -> None:
-        text = self.pending_ws + text
-        stripped = text.rstrip()
-        self.pending_ws = text[len(stripped) :]
-        if not self.started:
-            stripped = stripped.lstrip()
-        if stripped:
-            self.started = True
-            out.append(("content", stripped))
-
-    def feed(self, text: str) -> list[tuple[str, Any]]:
-        self.buf += text
-        out: list[tuple[str, Any]] = []
-        while True:
-            if not self.inside:
-                i = self.buf.find(TOOL_OPEN)
-                if i >= 0:
-                    self._content(self.buf[:i], out)
-                    self.buf, self.inside = self.buf[i:], True
-                    continue
-                keep = _held_back(self.buf, [TOOL_OPEN])
-                self._content(self.buf[: len(self.buf) - keep], out)
-                self.buf = self.buf[len(self.buf) - keep :]
-                return out
-            j = self.buf.find(TOOL_CLOSE)
-            if j < 0:
-                return out
-            block, self.buf, self.inside = self.buf[: j + len(TOOL_CLOSE)], self.buf[j + len(TOOL_CLOSE) :], False
-            calls = self.parse(block).tool_calls
-            if calls:
-                self.pending_ws = ""
-                out.extend(("tool_call", c) for c in calls)
-            else:  # not a valid call: it is the model's text, keep it (as parse_reply does)
-                self._content(block, out)
-
-    def flush(self) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        rest, self.buf = self.buf, ""
-        self._content(rest, out)  # an unterminated tool call stays text
-        return out
-
-
-# ------------------------------------------------------------------------------------------------------ the app
-
-
-def _openai_tool_call(call: ToolCall) -> dict:
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
-    }
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
 
 
 def create_app(
@@ -338,19 +79,38 @@ def create_app(
     max_prompt_tokens: int | None = None,
     max_body_bytes: int = 1 << 20,
     toolbox: Toolbox | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    allow_origins: list[str] = (),
 ) -> FastAPI:
-    """The FastAPI app serving `engine` under the model id `model_name`."""
-    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue)
+    """The FastAPI app serving `engine` under the model id `model_name`.
+
+    `host` is the bind address the Host header is checked against (plus `allowed_hosts`); `allow_origins` lists
+    foreign web origins allowed to call the API (CORS). Tool routes exist only when `toolbox` is given.
+    """
+    metrics = Metrics()
+    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     # Prompts are tokenized in request threads while the decode thread detokenizes: give encoding its own tokenizer
     # copy (and one encoder at a time), since encoding may toggle state on the Rust tokenizer it uses.
     encode_tok = copy.deepcopy(engine.tokenizer)
     encode_lock = threading.Lock()
+    embed_lock = threading.Lock()
 
-    def encode(conv: Conversation) -> list[int]:
+    def encode_chat(conv: Conversation) -> list[int]:
         from chatforge.templates import encode_prompt
 
         with encode_lock:
             return list(encode_prompt(conv, encode_tok, engine.template))
+
+    def encode_plain(text: str, with_bos: bool = True) -> list[int]:
+        from chatforge.templates import encode_text
+
+        with encode_lock:
+            ids = encode_text(text, encode_tok, add_eos=False)
+        bos = encode_tok.bos_token_id
+        if with_bos and engine.template.bos and encode_tok.bos_token == engine.template.bos and bos is not None:
+            ids = [bos, *ids]
+        return ids
 
     max_prompt = min(max_prompt_tokens or engine.max_total - 1, engine.max_total - 1)
     created = int(time.time())
@@ -363,25 +123,22 @@ def create_app(
 
     app = FastAPI(title="chatforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler = scheduler
+    app.state.metrics = metrics
+    app.add_middleware(
+        GuardMiddleware,
+        allowed_hosts=allowed_hosts_for(host, allowed_hosts or ()) if host is not None else None,
+        allow_origins=list(allow_origins),
+        metrics=metrics,
+    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
-        return err.response()
+        return _error_response(err)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return APIError(err.status_code, str(err.detail), code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception):
-        # A bug, not the client's fault; still answered as JSON the client can parse (and logged with its traceback).
-        log.error("unhandled error on %s", request.url.path, exc_info=err)
-        return APIError(503, f"internal error: {type(err).__name__}", "internal_error", "server_error").response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, err: RequestValidationError):
-        return APIError(422, _describe(err.errors()), "invalid_request").response()
+        return _error_response(APIError(err.status_code, str(err.detail), code))
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -391,6 +148,94 @@ def create_app(
         if not secrets.compare_digest(given.encode(), api_key.encode()):
             raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')", "invalid_api_key")
 
+    # Served model ids -> the PEFT adapter their rows decode with (several adapters on one base), or None.
+    routes: dict[str, str | None] = {model_name: BASE_ADAPTER if engine.adapters else None, **engine.adapters}
+
+    def check_model(name: str) -> str | None:
+        if name not in routes:
+            served = ", ".join(repr(n) for n in routes)
+            raise APIError(
+                404, f"model {name!r} not found; this server serves {served}", "model_not_found", param="model"
+            )
+        return routes[name]
+
+    async def body_of(request: Request, model):
+        check_key(request)
+        raw = await _read_body(request, max_body_bytes)
+        req = validate(model, parse_json_body(raw))
+        check_model(req.model)
+        return req
+
+    def max_new_tokens(asked: int | None, default: int) -> int:
+        if asked is not None and asked > max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {asked}; the limit is {max_tokens_limit}",
+                "max_tokens_too_large",
+                param="max_tokens",
+            )
+        return asked or min(default, max_tokens_limit)
+
+    def check_prompt(ids: list[int], param: str) -> None:
+        if len(ids) > max_prompt:
+            raise APIError(
+                413, f"prompt is {len(ids)} tokens; the limit is {max_prompt}", "context_length_exceeded", param=param
+            )
+
+    async def prepare_token_bytes() -> None:
+        """Logprobs report exact token bytes through llguidance's tokenizer view; build it off the event loop once."""
+        try:
+            await asyncio.to_thread(engine.constraints)
+        except ChatforgeError:  # llguidance missing or tokenizer unsupported: tokens are decoded instead
+            pass
+
+    def check_bias(params) -> None:
+        bad = [t for t in params.logit_bias if t >= engine.vocab_size]
+        if bad:
+            raise APIError(
+                400,
+                f"logit_bias names token {bad[0]}; the vocabulary has {engine.vocab_size} tokens",
+                "invalid_value",
+                param="logit_bias",
+            )
+
+    def start(loop, prompts, params, n: int, grammar: str | None, grammar_param, chat: bool, adapter=None):
+        """Build the request's sequences (len(prompts) * n), wired to one event queue, and queue them all. Runs in a
+        worker thread (grammar compilation can take a moment); events are put on `loop`."""
+        events: asyncio.Queue = asyncio.Queue()
+        seqs: list[Sequence] = []
+        for p, ids in enumerate(prompts):
+            for k in range(n):
+                i = p * n + k
+                choice_params = copy.copy(params)
+                if params.seed is not None:  # n choices from one seed must differ, and still be reproducible
+                    choice_params.seed = params.seed + k
+                try:
+                    seq = engine.new_sequence(
+                        ids,
+                        choice_params,
+                        on_delta=lambda d, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, "delta", d)),
+                        on_finish=lambda s, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, "done", s)),
+                        grammar=grammar,
+                        chat=chat,
+                    )
+                except NotSupportedError as err:
+                    raise APIError(400, str(err), "unsupported_value", param=grammar_param) from None
+                except ChatforgeError as err:
+                    raise APIError(400, str(err), "invalid_value", param=grammar_param) from None
+                if adapter is not None:
+                    seq.adapter = adapter
+                seqs.append(seq)
+        try:
+            scheduler.submit(seqs)
+        except QueueFull:
+            raise APIError(
+                429, "the server is busy (request queue full); retry later", "queue_full", type_="rate_limit_error"
+            ) from None
+        return seqs, events
+
+    # ------------------------------------------------------------------------------------------- plain routes
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(resources.files("chatforge.serving").joinpath("static/index.html").read_text("utf-8"))
@@ -399,265 +244,219 @@ def create_app(
     async def health():
         return {"status": "ok", "model": model_name, **scheduler.load()}
 
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(scheduler.load()), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    async def openapi():
+        from chatforge.serving.openapi import openapi_document
+
+        return openapi_document(tuple(routes), with_tools=toolbox is not None)
+
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        return {"object": "list", "data": [_model_card(model_name, created)]}
+        return {"object": "list", "data": [_model_card(name, created) for name in routes]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: Request):
         check_key(request)
-        if name != model_name:
-            raise APIError(404, f"model {name!r} not found; this server serves {model_name!r}", "model_not_found")
-        return _model_card(model_name, created)
+        if name not in routes:
+            raise APIError(404, f"model {name!r} not found", "model_not_found")
+        return _model_card(name, created)
 
-    @app.get("/v1/tools")
-    async def list_tools(request: Request):
-        check_key(request)
-        return {
-            "object": "list",
-            "data": [{"type": "function", "function": s} for s in (toolbox.specs if toolbox else [])],
-        }
+    if toolbox is not None:
 
-    @app.post("/v1/tools/{name}")
-    async def run_tool(name: str, request: Request):
+        @app.get("/v1/tools")
+        async def list_tools(request: Request):
+            check_key(request)
+            return {"object": "list", "data": [{"type": "function", "function": s} for s in toolbox.specs]}
+
+        @app.post("/v1/tools/{name}")
+        async def run_tool(name: str, request: Request):
+            check_key(request)
+            if name not in toolbox.functions:
+                raise APIError(404, f"no server tool named {name!r}", "tool_not_found")
+            args = parse_json_body(await _read_body(request, max_body_bytes))
+            if not isinstance(args, dict):
+                raise APIError(400, "the body must be a JSON object of arguments", "invalid_request")
+            result = await asyncio.to_thread(toolbox.call, ToolCall(name, args))
+            return {"name": name, "content": result}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
         check_key(request)
-        if toolbox is None or name not in toolbox.functions:
-            raise APIError(404, f"no server tool named {name!r}", "tool_not_found")
-        args = await _json_body(request, max_body_bytes)
-        if not isinstance(args, dict):
-            raise APIError(422, "the body must be a JSON object of arguments", "invalid_request")
-        result = await asyncio.to_thread(toolbox.call, ToolCall(name, args))
-        return {"name": name, "content": result}
+        data = parse_json_body(await _read_body(request, max_body_bytes))
+        if not isinstance(data, dict):
+            raise APIError(400, "the request body must be a JSON object", "invalid_request")
+        if "messages" in data:
+            req = validate(ChatRequest, {k: v for k, v in data.items() if k in ("model", "messages", "tools")})
+            check_model(req.model)
+            ids = await asyncio.to_thread(_render, encode_chat, to_conversation(req))
+        else:
+            prompt = data.get("prompt")
+            check_model(data.get("model"))
+            if not isinstance(prompt, str):
+                raise APIError(400, "give 'prompt' (a string) or 'messages'", "invalid_value", param="prompt")
+            ids = await asyncio.to_thread(encode_plain, prompt)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_total}
+
+    # ------------------------------------------------------------------------------------ chat completions
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        check_key(request)
-        data = await _json_body(request, max_body_bytes)
-        if not isinstance(data, dict):
-            raise APIError(422, "the request body must be a JSON object", "invalid_request")
-        try:
-            req = ChatRequest.model_validate(data)
-        except ValidationError as err:
-            raise APIError(422, _describe(err.errors()), "invalid_request") from None
-        if req.model != model_name:
-            raise APIError(
-                404,
-                f"model {req.model!r} not found; this server serves {model_name!r}",
-                "model_not_found",
-                param="model",
-            )
-        _reject_unsupported(req)
+        req: ChatRequest = await body_of(request, ChatRequest)
         conv = to_conversation(req)
-        try:
-            prompt_ids = await asyncio.to_thread(encode, conv)
-        except (ChatforgeError, ValueError, KeyError, TypeError) as err:  # the request's content could not be rendered
-            raise APIError(400, f"cannot render these messages: {err}", "invalid_request") from None
-        if len(prompt_ids) > max_prompt:
-            raise APIError(
-                413,
-                f"prompt is {len(prompt_ids)} tokens; the limit is {max_prompt}",
-                "context_length_exceeded",
-                param="messages",
-            )
-        asked = req.max_completion_tokens or req.max_tokens
-        if asked is not None and asked > max_tokens_limit:
-            raise APIError(
-                400,
-                f"max_tokens is {asked}; the limit is {max_tokens_limit}",
-                "max_tokens_too_large",
-                param="max_tokens",
-            )
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise APIError(400, "stop takes up to 4 non-empty strings", "invalid_value", param="stop")
-        params = SamplingParams(
-            max_new_tokens=asked or default_max_tokens,
-            temperature=req.temperature,
-            top_k=req.top_k,
-            top_p=req.top_p,
-            repetition_penalty=req.repetition_penalty,
-            seed=req.seed,
-            stop=stop,
+        grammar, grammar_param = output_grammar(req, conv)
+        prompt_ids = await asyncio.to_thread(_render, encode_chat, conv)
+        check_prompt(prompt_ids, "messages")
+        if req.top_logprobs and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "invalid_value", param="top_logprobs")
+        params = sampling_params(
+            req,
+            max_new_tokens(req.max_completion_tokens or req.max_tokens, default_max_tokens),
+            logprobs=bool(req.logprobs),
+            top_logprobs=req.top_logprobs or 0,
         )
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def push(kind: str, payload: Any) -> None:  # called from the decode thread
-            loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
-
-        try:
-            seq = engine.new_sequence(
-                prompt_ids, params, on_delta=lambda d: push("delta", d), on_finish=lambda s: push("done", s)
-            )
-        except ChatforgeError as err:
-            raise APIError(400, str(err), "invalid_request") from None
-        try:
-            scheduler.submit(seq)
-        except QueueFull:
-            raise APIError(
-                429, "the server is busy (request queue full); retry later", "queue_full", "rate_limit_error"
-            ) from None
+        check_bias(params)
+        seqs, events = await asyncio.to_thread(
+            start,
+            asyncio.get_running_loop(),
+            [prompt_ids],
+            params,
+            req.n,
+            grammar,
+            grammar_param,
+            True,
+            routes[req.model],
+        )
+        if req.logprobs:
+            await prepare_token_bytes()
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        with_tools = bool(conv.tools)
+        ctx = RequestContext(engine, rid, req.model, bool(conv.tools), bool(req.logprobs))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                _sse(engine, seq, events, rid, model_name, with_tools, include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            return sse_response(chat_sse(ctx, seqs, events, include_usage), seqs)
+        await wait_all(seqs, events, request)
+        return JSONResponse(chat_body(ctx, seqs))
+
+    # ------------------------------------------------------------------------------------ text completions
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req: CompletionRequest = await body_of(request, CompletionRequest)
+        if req.echo:
+            raise APIError(400, "echo is not supported", "unsupported_value", param="echo")
+        if req.suffix:
+            raise APIError(400, "suffix (insertion) is not supported", "unsupported_value", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, "best_of must equal n (no re-ranking)", "unsupported_value", param="best_of")
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if len(texts) * req.n > 64:
+            raise APIError(400, "at most 64 completions (prompts x n) per request", "invalid_value", param="prompt")
+        prompts = []
+        for i, text in enumerate(texts):
+            ids = await asyncio.to_thread(encode_plain, text)
+            if not ids:
+                raise APIError(400, "the prompt is empty", "invalid_value", param="prompt")
+            check_prompt(ids, "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]")
+            prompts.append(ids)
+        want_lp = req.logprobs is not None
+        params = sampling_params(
+            req, max_new_tokens(req.max_tokens, 16), logprobs=want_lp, top_logprobs=req.logprobs or 0
+        )
+        check_bias(params)
+        seqs, events = await asyncio.to_thread(
+            start, asyncio.get_running_loop(), prompts, params, req.n, None, None, False, routes[req.model]
+        )
+        if want_lp:
+            await prepare_token_bytes()
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        ctx = RequestContext(engine, rid, req.model, False, want_lp)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse_response(completion_sse(ctx, seqs, events, include_usage), seqs)
+        await wait_all(seqs, events, request)
+        return JSONResponse(completion_body(ctx, seqs))
+
+    # ----------------------------------------------------------------------------------------- embeddings
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        req: EmbeddingRequest = await body_of(request, EmbeddingRequest)
+        if req.dimensions is not None:
+            raise APIError(
+                400, "dimensions (truncated embeddings) is not supported", "unsupported_value", param="dimensions"
             )
-        return await _complete(engine, seq, events, request, rid, model_name, with_tools)
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        prompts = []
+        for i, text in enumerate(texts):
+            ids = await asyncio.to_thread(encode_plain, text)
+            param = "input" if isinstance(req.input, str) else f"input[{i}]"
+            if not ids:
+                raise APIError(400, "an input is empty", "invalid_value", param=param)
+            check_prompt(ids, param)
+            prompts.append(ids)
+
+        def run() -> list:
+            with embed_lock:  # one embedding batch at a time next to the decode loop
+                adapter = routes[req.model] or BASE_ADAPTER
+                return [engine.embed(prompts[i : i + 16], adapter) for i in range(0, len(prompts), 16)]
+
+        try:
+            parts = await asyncio.to_thread(run)
+        except Exception as err:  # noqa: BLE001
+            log.exception("embedding failed")
+            raise APIError(
+                503, f"embedding failed: {type(err).__name__}: {err}", "embedding_failed", type_="server_error"
+            ) from None
+        import torch
+
+        vectors = torch.cat(parts)
+        data = []
+        for i, v in enumerate(vectors):
+            if req.encoding_format == "base64":
+                emb: Any = base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
+            else:
+                emb = v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(len(p) for p in prompts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     return app
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _render(encode, conv: Conversation) -> list[int]:
+    try:
+        return encode(conv)
+    except (ChatforgeError, ValueError, KeyError, TypeError) as err:  # the request's content could not be rendered
+        raise APIError(400, f"cannot render these messages: {err}", "invalid_request", param="messages") from None
 
 
 def _model_card(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "chatforge"}
 
 
-def _describe(errors: list[dict]) -> str:
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{where or 'body'}: {e.get('msg')}")
-    return "; ".join(parts)
-
-
-async def _json_body(request: Request, limit: int) -> Any:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused (413) as soon as it is known to exceed `limit`: before parsing, before buffering it."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise APIError(413, f"request body is {length} bytes; the limit is {limit}", "request_too_large")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
         if len(body) > limit:
             raise APIError(413, f"request body exceeds {limit} bytes", "request_too_large")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from None
-
-
-def _reject_unsupported(req: ChatRequest) -> None:
-    """Parameters we accept only at their neutral value: refusing is better than silently ignoring them."""
-    if req.n != 1:
-        raise APIError(400, "only n=1 is supported", "unsupported_value", param="n")
-    if req.frequency_penalty or req.presence_penalty:
-        raise APIError(
-            400,
-            "frequency/presence penalties are not supported; use repetition_penalty",
-            "unsupported_value",
-            "frequency_penalty",
-        )
-    if req.logprobs:
-        raise APIError(400, "logprobs are not supported", "unsupported_value", param="logprobs")
-
-
-def _usage(seq: Sequence) -> dict:
-    p, c = len(seq.prompt_ids), len(seq.generated)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def _finish_reason(seq: Sequence, has_calls: bool) -> str:
-    if has_calls:
-        return "tool_calls"
-    return "length" if seq.finish_reason == "length" else "stop"
-
-
-async def _complete(engine, seq, events, request, rid, model_name, with_tools) -> JSONResponse:
-    while True:
-        try:
-            kind, _ = await asyncio.wait_for(events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                seq.cancel()
-                return JSONResponse({}, status_code=499)  # nobody is listening any more
-            continue
-        if kind == "done":
-            break
-    if seq.finish_reason == "error":
-        raise APIError(503, f"generation failed: {seq.error}", "generation_failed", "server_error")
-    if with_tools:
-        message = engine.completion(seq).message
-        calls = [_openai_tool_call(c) for c in message.tool_calls]
-        content = message.content if message.content or not calls else None
-    else:
-        calls, content = [], seq.text
-    out_msg: dict[str, Any] = {"role": "assistant", "content": content}
-    if calls:
-        out_msg["tool_calls"] = calls
-    body = {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": [{"index": 0, "message": out_msg, "finish_reason": _finish_reason(seq, bool(calls))}],
-        "usage": _usage(seq),
-    }
-    return JSONResponse(body)
-
-
-async def _sse(engine, seq, events, rid, model_name, with_tools, include_usage):
-    created = int(time.time())
-
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        body = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    splitter = ToolCallSplitter(engine.template) if with_tools else None
-    n_calls = 0
-
-    def render(items: list[tuple[str, Any]]) -> list[str]:
-        nonlocal n_calls
-        out = []
-        for kind, value in items:
-            if kind == "content":
-                out.append(chunk({"content": value}))
-            else:
-                # A call is sent once complete (id, name and the whole arguments string in one delta); clients that
-                # concatenate argument fragments get the same result as with finer-grained deltas.
-                out.append(chunk({"tool_calls": [{"index": n_calls, **_openai_tool_call(value)}]}))
-                n_calls += 1
-        return out
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            kind, payload = await events.get()
-            if kind == "delta":
-                for line in render(splitter.feed(payload) if splitter else [("content", payload)]):
-                    yield line
-                continue
-            if seq.finish_reason == "error":
-                err = {
-                    "error": {
-                        "message": f"generation failed: {seq.error}",
-                        "type": "server_error",
-                        "code": "generation_failed",
-                    }
-                }
-                yield f"data: {json.dumps(err)}\n\n"
-                break
-            for line in render(splitter.flush() if splitter else []):
-                yield line
-            yield chunk({}, _finish_reason(seq, n_calls > 0))
-            if include_usage:
-                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name}
-                yield f"data: {json.dumps({**body, 'choices': [], 'usage': _usage(seq)})}\n\n"
-            break
-        yield "data: [DONE]\n\n"
-    finally:
-        # Runs when the stream ends *and* when the client disconnects (Starlette cancels the generator): either way
-        # the sequence stops using the decode loop.
-        if not seq.finished:
-            seq.cancel()
+    return bytes(body)
 
 
 # -------------------------------------------------------------------------------------------------------- the CLI
@@ -668,13 +467,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatforge serve", description="Serve an OpenAI-compatible API and a web chat page."
     )
     ap.add_argument("--model", required=True, help="HF folder, .gguf file, or smollm2-135m-instruct")
-    ap.add_argument("--adapter", help="a LoRA adapter folder to apply")
+    ap.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="a LoRA adapter folder to apply, or NAME=FOLDER (repeatable: several adapters on one base, chosen by "
+        "the request's model; the base itself stays served under --served-name)",
+    )
     ap.add_argument("--template", help="chat template name (default: the model's own)")
-    ap.add_argument("--served-name", help="model id clients use (default: the --model value)")
+    ap.add_argument("--served-name", help="model id clients use (default: the --model folder/file name)")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument(
         "--api-key", default=os.environ.get("CHATFORGE_API_KEY"), help="require 'Authorization: Bearer KEY'"
+    )
+    ap.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        help="a web origin (scheme://host:port) allowed to call the API from a browser (repeatable)",
+    )
+    ap.add_argument(
+        "--allowed-host", action="append", default=[], help="another Host header name to accept (repeatable)"
     )
     ap.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--device", default="auto", help="auto = CUDA when present, else CPU")
@@ -683,29 +497,92 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     ap.add_argument("--default-max-tokens", type=int, default=512)
     ap.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted (default: the model's context)")
-    ap.add_argument("--tools", help="a .py file (or module) of Python functions the web page may run")
+    ap.add_argument(
+        "--tools",
+        help="a .py file (or module) of Python functions the web page may run through POST /v1/tools/NAME "
+        "(these routes exist only with this flag)",
+    )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     return ap
 
 
+def parse_adapters(values: list[str]) -> list[tuple[str | None, str]]:
+    """`--adapter` values: one plain folder, or any number of NAME=FOLDER (names unique, usable as model ids)."""
+    if len(values) == 1 and "=" not in values[0]:
+        return [(None, values[0])]
+    out: list[tuple[str | None, str]] = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ChatforgeError(f"--adapter {v!r}: with several adapters each must be NAME=FOLDER")
+        if name in (n for n, _ in out) or name == BASE_ADAPTER:
+            raise ChatforgeError(f"--adapter {v!r}: the name {name!r} is used twice or reserved")
+        out.append((name, path))
+    return out
+
+
+def default_served_name(model: str) -> str:
+    """The model id to serve: the folder or file name of a path (never the whole path), else the spec itself."""
+    path = Path(model)
+    if path.exists():
+        return path.stem if path.is_file() else path.resolve().name
+    return model
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, before the model loads, so a busy port fails in a second, not after a load."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ChatforgeError(f"--host {host}: cannot resolve it ({err})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ChatforgeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 < args.port < 65536:
+        raise ChatforgeError(f"--port must be in 1..65535, got {args.port}")
+    for name in ("max_batch", "max_queue", "max_tokens_limit", "default_max_tokens"):
+        if getattr(args, name) < 1:
+            raise ChatforgeError(f"--{name.replace('_', '-')} must be >= 1")
+    loopback = args.host in LOOPBACK_NAMES or args.host.startswith("127.")
+    if args.tools and not loopback and not args.api_key:
+        raise ChatforgeError(f"--tools runs Python functions for any caller: binding it to {args.host} needs --api-key")
+    if not loopback and not args.api_key:
+        log.warning("binding to %s without --api-key: anyone who can reach this port can use the model", args.host)
+    sock = bind_socket(args.host, args.port)
     import torch
     import uvicorn
 
     if args.threads:
+        if not 1 <= args.threads <= (os.cpu_count() or 1) * 4:
+            raise ChatforgeError(f"--threads must be in 1..{(os.cpu_count() or 1) * 4}")
         torch.set_num_threads(args.threads)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        log.warning("binding to %s without --api-key: anyone who can reach this port can use the model", args.host)
     toolbox = None
     if args.tools:
         from chatforge.serving.toolbox import load_tools
 
         toolbox = load_tools(args.tools)
-    engine = Engine.load(args.model, adapter=args.adapter, template=args.template, dtype=args.dtype, device=args.device)
+    named = parse_adapters(args.adapter)
+    first = named[0][1] if named else None
+    engine = Engine.load(args.model, adapter=first, template=args.template, dtype=args.dtype, device=args.device)
+    if named and named[0][0] is not None:
+        engine.adapters[named[0][0]] = "default"  # PEFT's name for the adapter loaded with the model
+        for name, path in named[1:]:
+            engine.add_adapter(name, path)
     app = create_app(
         engine,
-        args.served_name or args.model,
+        args.served_name or default_served_name(args.model),
         api_key=args.api_key,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
@@ -713,7 +590,11 @@ def main(argv: list[str] | None = None) -> int:
         default_max_tokens=args.default_max_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
         toolbox=toolbox,
+        host=args.host,
+        allowed_hosts=args.allowed_host,
+        allow_origins=args.allow_origin,
     )
     print(f"chatforge serve: http://{args.host}:{args.port}/  (OpenAI API at /v1)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
     return 0
