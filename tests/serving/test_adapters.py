@@ -4,6 +4,8 @@ batch and each gets exactly what an engine with only that adapter gives; the ser
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 import torch
 from conftest import LOCAL
 from fastapi.testclient import TestClient

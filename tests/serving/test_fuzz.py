@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
+
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install '.[dev]')")
 from conftest import scripted_model  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

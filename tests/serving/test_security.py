@@ -11,6 +11,8 @@ import sys
 
 import httpx
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 from conftest import PLAIN_REPLY, serve_in_thread
 
 from chatforge.serving.engine import Engine

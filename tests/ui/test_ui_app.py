@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 from fastapi.testclient import TestClient
 
 from chatforge.config import config_to_dict

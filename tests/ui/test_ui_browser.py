@@ -11,6 +11,8 @@ import signal
 import time
 
 import pytest
+
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
 from ui_helpers import make_workspace, serve_in_thread
 
 from chatforge.ui.app import create_app
