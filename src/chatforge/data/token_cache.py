@@ -36,6 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from chatforge.data.schema import Conversation, PreferencePair, TextDoc
 from chatforge.errors import NotSupportedError
+from chatforge.io import TMP_PREFIX, clean_leftovers, fsync_dir, fsync_tree
 from chatforge.paths import cache_dir, sha256_file
 from chatforge.templates import encode_text, get_template
 from chatforge.templates.encode import Encoded, encode_segments, has_forged_marker, special_strings, trained_flags
@@ -228,9 +229,11 @@ def tokenize_dataset(
 
 
 def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
-    """Write atomically: a temporary sibling folder renamed into place."""
+    """Write atomically: a temporary sibling folder, fsynced, then renamed into place (`chatforge.io`); temp folders
+    of killed runs (`.tmp-*`, untouched for an hour) are removed first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+    clean_leftovers(folder.parent, older_than=3600)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}-", dir=folder.parent))
     try:
         save_file(
             {
@@ -241,6 +244,8 @@ def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
             str(tmp / "data.safetensors"),
         )
         (tmp / "meta.json").write_text(json.dumps(ds.info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        fsync_tree(tmp)
         if folder.exists() and not (folder / "meta.json").exists():
             shutil.rmtree(folder)  # not a cache this module wrote (it renames complete folders only): replace it
         try:
@@ -248,6 +253,7 @@ def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
         except OSError:
             if not (folder / "meta.json").exists():  # another process won the race with a complete cache: fine
                 raise
+        fsync_dir(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chatforge.data.convert.common import write_jsonl, write_report
+from chatforge.data.convert.common import check_output, write_jsonl, write_report
 from chatforge.data.schema import Conversation, Message, ToolCall
 from chatforge.errors import ChatforgeError, DataError, NotSupportedError
 from chatforge.tools.hotel import HOTEL_TYPES, SEARCH_HOTELS_SPEC, load_hotel_db, query_hotels
@@ -227,9 +227,9 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.domain != "hotel":
         raise NotSupportedError(f"--domain {a.domain!r}: only 'hotel' has a tool (search_hotels) so far")
+    out = check_output(a.output, a.input, a.db)
     data = load_dialogues(a.input)
     db = load_hotel_db(a.db)
-    out = Path(a.output)
     stats: Counter = Counter()
     dialogues, rounds_out = [], []
     for did in sorted(data, key=lambda k: (len(k), k)):
