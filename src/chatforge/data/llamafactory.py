@@ -1,7 +1,8 @@
 """LLaMA-Factory's `dataset_info.json` registry, so its users' data folders load unchanged.
 
-Each entry names a local file (`file_name`, relative to the registry's folder; a folder means every data file in it),
-its `formatting` (alpaca | sharegpt), a `columns` mapping, sharegpt `tags` and `ranking` (preference pairs).
+Each entry names a local file (`file_name`, relative to the registry's folder and inside it: absolute paths and `..`
+are refused; a folder means every data file in it), its `formatting` (alpaca | sharegpt), a `columns` mapping,
+sharegpt `tags` and `ranking` (preference pairs).
 Entries that live only on a hub (`hf_hub_url`, `ms_hub_url`, `om_hub_url`, `script_url`, `cloud_file_name`) raise
 `NotSupportedError`: chatforge never downloads. Multimodal columns (images/videos/audios) are not supported either.
 
@@ -16,8 +17,9 @@ How an entry maps to chatforge formats:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from chatforge.data.formats import COLUMN_KEYS, MULTIMODAL_KEYS, TAG_KEYS, Layout
 from chatforge.errors import ChatforgeError, DataError, NotSupportedError
@@ -97,6 +99,12 @@ def load_dataset_info(path: str | Path) -> dict[str, DatasetSpec]:
         raise ChatforgeError(f"{path}: no such dataset_info.json") from None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON: {e.msg}", file=str(path), line=e.lineno, reason="malformed_json") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), reason="encoding") from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", file=str(path), reason="too_deep") from None
+    except OSError as e:
+        raise ChatforgeError(f"{path}: cannot read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise DataError("dataset_info.json must be an object of name -> entry", file=str(path), reason="wrong_type")
     specs = {}
@@ -135,6 +143,14 @@ def _spec(name: str, entry: object, registry: Path) -> DatasetSpec:
     file_name = entry.get("file_name")
     if file_name is not None and not isinstance(file_name, str):
         raise bad("file_name must be a string", "file_name")
+    if file_name is not None:
+        # Like LLaMA-Factory's dataset_dir, the registry's folder is the data root: an entry may not point outside it
+        # (a shared dataset_info.json must not make chatforge read ~/.ssh or ../../anything).
+        parts = PurePosixPath(file_name.replace("\\", "/"))
+        if parts.is_absolute() or PureWindowsPath(file_name).drive or not file_name.strip():
+            raise bad(f"file_name {file_name!r} must be a path relative to the registry's folder", "file_name")
+        if ".." in os.path.normpath(parts).split("/"):
+            raise bad(f"file_name {file_name!r} points outside the registry's folder {registry.parent}", "file_name")
     hub = {k: str(entry[k]) for k in HUB_KEYS if k in entry}
     if file_name is None and not hub:
         raise bad("an entry needs file_name (or a hub url)")
