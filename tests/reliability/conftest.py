@@ -1,26 +1,10 @@
-"""Helpers for the reliability suite: run the real CLI in-process and check that a failure is a clean error."""
+"""The run_cli fixture: the real CLI in-process, its exit code and stderr."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from chatforge.cli import main as cli_main
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def check_clean_error(rc: int, err: str, expect: list[str]) -> None:
-    """A clean error: exit code 1 or 2, no traceback, one `chatforge ...: error:` line naming what is wrong."""
-    assert rc in (1, 2), f"exit code {rc}, stderr:\n{err}"
-    assert "Traceback" not in err, err
-    assert "error:" in err, err
-    missing = [word for word in expect if word not in err]
-    assert not missing, f"error message lacks {missing}:\n{err}"
 
 
 @pytest.fixture
@@ -33,15 +17,3 @@ def run_cli(capsys):
         return rc, capsys.readouterr().err
 
     return run
-
-
-def run_subprocess(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it (`python -m chatforge.cli ...`), with this checkout's source first on the path."""
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "chatforge.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )

@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from conftest import check_clean_error, run_subprocess
 from corpus import DATA_CASES, DATASET_INFO_CASES, GOOD, write_case_files
+from reliability_helpers import check_clean_error, run_subprocess
 
 from chatforge.data import readers
 
