@@ -368,7 +368,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", help="YAML config (see CleanConfig); defaults apply to everything not given")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `data clean` output in --output")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # flags may follow the key=value overrides
     from chatforge.config import load_config
     from chatforge.data.readers import read_records
     from chatforge.io import check_not_inside
