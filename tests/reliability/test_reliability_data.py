@@ -67,15 +67,22 @@ def test_huge_record_is_truncated_and_counted(tmp_path):
     assert time.perf_counter() - t0 < 10
     assert len(result.records[0].messages[0].content) == 10_000
     assert result.records[0].messages[1].content == "ok"
-    assert result.truncated == 1 and "truncated 1 texts longer than 10000 characters" in result.summary()
+    assert result.truncated == 1 and "truncated 1 messages longer than 10000 characters" in result.summary()
 
 
-def test_text_paragraph_is_capped_while_streaming(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(("line of text\n" * 50_000) + "\nsecond paragraph\n")
-    result = readers.read_records(path, max_chars=1000)
-    assert [len(r.text) for r in result.records] == [1000, len("second paragraph")]
-    assert result.truncated == 1
+def test_huge_text_document_is_split_not_lost(tmp_path):
+    """Pretraining text is split (nothing lost), both a huge .txt paragraph and a huge {"text": ...} record."""
+    text = "line of text\n" * 200_000 + "\nsecond paragraph\n"
+    (tmp_path / "corpus.txt").write_text(text)
+    result = readers.read_records(tmp_path / "corpus.txt", max_chars=10_000)
+    docs = [r.text for r in result.records]
+    assert max(map(len, docs)) <= 10_000 and docs[-1] == "second paragraph"
+    lines = [line for d in docs[:-1] for line in d.strip("\n").split("\n")]
+    assert lines == ["line of text"] * 200_000, "every line kept, none cut in the middle"
+    (tmp_path / "doc.jsonl").write_text(json.dumps({"text": "word " * 100_000}) + "\n")
+    result = readers.read_records(tmp_path / "doc.jsonl", max_chars=30_000)
+    assert "".join(r.text for r in result.records) == "word " * 100_000 and result.split == 1
+    assert [r.meta["part"] for r in result.records] == list(range(len(result.records)))
 
 
 @pytest.mark.parametrize("case_id", sorted(DATASET_INFO_CASES))

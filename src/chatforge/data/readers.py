@@ -35,7 +35,7 @@ EXTENSIONS = (".json", ".jsonl", ".txt")
 MAX_LINE_BYTES = 64 << 20  # one JSON Lines record (or text line); a longer one is refused, never read whole
 MAX_FILE_BYTES = 1 << 30  # a .json array is parsed whole, so it is bounded too (use .jsonl for bigger data)
 MAX_DEPTH = 100  # nesting of objects/arrays in one record; real chat records use fewer than 10 levels
-MAX_CHARS = 1_000_000  # characters kept per message/text; longer ones are truncated (and counted)
+MAX_CHARS = 1_000_000  # characters per message (longer: truncated, counted) or per text document (longer: split)
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ReadResult:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)
     first_errors: dict[str, str] = field(default_factory=dict)  # reason -> the first full error message
-    truncated: int = 0  # texts cut to `max_chars` (the tokenizer would cut them later anyway, at far more cost)
+    truncated: int = 0  # messages cut to `max_chars` (the tokenizer would cut them later anyway, at far more cost)
+    split: int = 0  # text documents longer than `max_chars`, read as several consecutive documents (nothing lost)
     max_chars: int = MAX_CHARS
 
     def __len__(self) -> int:
@@ -62,7 +63,9 @@ class ReadResult:
             text += f"; skipped {sum(self.skipped.values())} bad records ({', '.join(parts)})"
             text += "".join(f"\n  first {reason}: {msg}" for reason, msg in self.first_errors.items())
         if self.truncated:
-            text += f"; truncated {self.truncated} texts longer than {self.max_chars} characters"
+            text += f"; truncated {self.truncated} messages longer than {self.max_chars} characters"
+        if self.split:
+            text += f"; split {self.split} text documents longer than {self.max_chars} characters into parts"
         return text
 
 
@@ -81,8 +84,9 @@ def read_records(
     format: "auto" or one of alpaca, sharegpt, openai, preference, text. columns: LLaMA-Factory column keys (prompt,
     query, response, history, messages, system, tools, chosen, rejected, kto_tag) or role tags mapped to the record
     keys that hold them. on_error: "raise" (first bad record raises DataError) or "skip" (count it and go on).
-    max_chars: each message text / document longer than this is truncated to it and counted in `truncated`, so one
-    huge record costs bounded memory and time downstream (pass about 16 x the training max_length).
+    max_chars: a message longer than this is truncated to it (counted in `truncated`), and a text document is split
+    into consecutive documents of at most this size (counted in `split`; pretraining cuts documents into blocks anyway),
+    so one huge record costs bounded memory and time downstream (pass about 16 x the training max_length).
     """
     if on_error not in ("raise", "skip"):
         raise ChatforgeError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -361,9 +365,11 @@ def _text_docs(lines: Iterator[tuple[int, str | DataError]], *, by: str) -> Iter
         if line.strip():
             if not block:
                 start, size = n, 0
-            if size <= MAX_CHARS:  # a paragraph is cut (and counted) at MAX_CHARS anyway: hold no more than that
-                block.append(line)
-                size += len(line) + 1
+            block.append(line)
+            size += len(line) + 1
+            if size > MAX_CHARS:  # hold at most ~MAX_CHARS of one paragraph; the reader splits documents there anyway
+                yield {"line": start}, {"text": "\n".join(block)}
+                block = []
         elif block:
             yield {"line": start}, {"text": "\n".join(block)}
             block = []
@@ -411,16 +417,33 @@ def _read_file(
             result.first_errors.setdefault(err.reason, str(located))
             continue
         out.meta.update({"source": str(path), **loc, **(meta or {})})
+        if isinstance(out, TextDoc) and len(out.text) > result.max_chars:
+            parts = _split_text(out.text, result.max_chars)
+            result.split += 1
+            for k, part in enumerate(parts):
+                result.records.append(TextDoc(part, meta={**out.meta, "part": k}))
+            continue
         result.truncated += _truncate(out, result.max_chars)
         result.records.append(out)
 
 
+def _split_text(text: str, limit: int) -> list[str]:
+    """Consecutive pieces of at most `limit` characters, cut after a newline or space where one is near the limit;
+    "".join(pieces) == text."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        end = start + limit
+        cut = max(text.rfind("\n", start + limit // 2, end), text.rfind(" ", start + limit // 2, end))
+        end = cut + 1 if cut >= 0 else end
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
 def _truncate(rec: Record, limit: int) -> int:
-    """Cut every text of the record to `limit` characters; returns how many were cut."""
+    """Cut every message of a conversation or preference pair to `limit` characters; returns how many were cut."""
     if isinstance(rec, TextDoc):
-        if len(rec.text) > limit:
-            rec.text = rec.text[:limit]
-            return 1
         return 0
     messages = rec.messages if isinstance(rec, Conversation) else [*rec.prompt.messages, rec.chosen, rec.rejected]
     cut = 0
