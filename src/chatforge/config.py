@@ -291,6 +291,10 @@ class _Override:
 _KEY_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_0-9][\w\-]*)*$")
 
 
+def _short(item: str) -> str:
+    return repr(item) if len(item) <= 80 else repr(item[:77]) + "..."
+
+
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Turn `a.b=1` strings into a nested dict (values parsed as YAML); returns (tree, problems)."""
     tree: dict[str, Any] = {}
@@ -306,7 +310,10 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[st
         try:
             value = _yaml_load(text)
         except RecursionError:
-            problems.append((key, f"bad override {item!r}: nested too deeply"))
+            problems.append((key, f"bad override {_short(item)}: nested too deeply"))
+            continue
+        except ValueError as err:  # not a YAMLError: e.g. an integer of more than 4300 digits
+            problems.append((key, f"bad override {_short(item)}: {str(err).split(':')[0]}"))
             continue
         except yaml.YAMLError as err:
             if text.lstrip()[:1] in ("[", "{"):  # meant as a list/mapping: taking it as text would hide the typo
@@ -364,6 +371,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, list[tuple[str, str]]
         raise ConfigError([("", f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels")], str(path)) from None
     except UnicodeDecodeError as err:
         raise ConfigError([("", f"not UTF-8 text ({err.reason} at byte {err.start})")], str(path)) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([("", f"invalid YAML: {str(err).split(':')[0]}")], str(path)) from None
     except (yaml.YAMLError, OSError) as err:
         raise ConfigError([("", f"invalid YAML: {err}")], str(path)) from None
     if data is None:

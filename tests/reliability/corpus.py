@@ -314,3 +314,57 @@ def write_config(root, case: ConfigCase):
 
 
 __all__ = ["CONFIG_CASES", "DATASET_INFO_CASES", "DATA_CASES", "ConfigCase", "DataCase"]
+
+# Cases added for JSON held inside string fields and for numbers Python refuses to parse.
+DEEP_STRING = "[" * 50_000 + "]" * 50_000
+DATA_CASES += [
+    DataCase(
+        "huge_integer",
+        "bigint.jsonl",
+        _jsonl('{"text": "a", "meta": {"n": ' + "1" * 5000 + "}}"),
+        ["line 1", "cannot parse JSON"],
+    ),
+    DataCase(
+        "tools_string_too_deep",
+        "tools.jsonl",
+        _jsonl(_msgs(USER, ASSISTANT, tools=DEEP_STRING)),
+        ["line 1", "field 'tools'", "nested too deeply"],
+    ),
+    DataCase(
+        "arguments_string_surrogate",
+        "argsur.jsonl",
+        _jsonl(
+            _msgs(
+                USER,
+                {
+                    "role": "assistant",
+                    "tool_calls": [{**CALL, "function": {"name": "f", "arguments": '{"a": "SURR"}'}}],
+                },
+                {"role": "tool", "content": "r"},
+                ASSISTANT,
+            ).replace("SURR", "\\\\ud800")
+        ),
+        ["field 'messages[1].tool_calls[0].function.arguments -> a'", "lone surrogate"],
+    ),
+    DataCase(
+        "sharegpt_function_call_too_deep",
+        "fc.jsonl",
+        _jsonl(
+            json.dumps(
+                {
+                    "conversations": [
+                        {"from": "human", "value": "x"},
+                        {"from": "function_call", "value": DEEP_STRING},
+                        {"from": "observation", "value": "r"},
+                        {"from": "gpt", "value": "y"},
+                    ]
+                }
+            )
+        ),
+        ["field 'conversations[1].value'", "function_call cannot be parsed"],
+    ),
+]
+CONFIG_CASES += [
+    ConfigCase("huge_integer_file", "train:\n  seed: " + "9" * 5000 + "\n", [], ["invalid YAML", "4300"]),
+    ConfigCase("huge_integer_override", None, ["train.seed=" + "9" * 5000], ["bad override", "4300"]),
+]

@@ -155,6 +155,25 @@ def _content_parts(parts: list, field_: str) -> str:
     return "".join(texts)
 
 
+def _nested_json(text: str, field_: str, what: str, reason: str) -> Any:
+    """JSON held inside a string field (tools, arguments): parse errors, over-deep nesting, over-long numbers and lone
+    surrogates all become a DataError naming the field, exactly as for the record itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _err(f"{what} is not valid JSON ({e.msg} at char {e.pos})", field_, reason) from None
+    except (RecursionError, ValueError) as e:  # nesting beyond the parser, or a number of thousands of digits
+        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise _err(f"{what} cannot be parsed: {detail}", field_, reason) from None
+    from chatforge.data.readers import check_tree  # readers imports this module
+
+    try:
+        check_tree(value, text)
+    except DataError as e:
+        raise _err(e.bare_message, f"{field_} -> {e.field}" if e.field else field_, e.reason) from None
+    return value
+
+
 def parse_tools(value: Any, field_: str = "tools") -> list[dict]:
     """Tool specs as a list of bare function specs (`name`, `description`, `parameters`).
 
@@ -163,10 +182,7 @@ def parse_tools(value: Any, field_: str = "tools") -> list[dict]:
     if value is None or value == "" or value == []:
         return []
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _err(f"tools is not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tools") from None
+        value = _nested_json(value, field_, "tools", "bad_tools")
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
@@ -183,12 +199,7 @@ def parse_tools(value: Any, field_: str = "tools") -> list[dict]:
 
 def _arguments(value: Any, field_: str) -> dict:
     if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as e:
-            raise _err(
-                f"tool-call arguments are not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tool_call"
-            ) from None
+        value = _nested_json(value, field_, "tool-call arguments", "bad_tool_call") if value.strip() else {}
     if not isinstance(value, dict):
         raise _err(f"tool-call arguments must be a JSON object, got {type(value).__name__}", field_, "bad_tool_call")
     return value
@@ -217,10 +228,7 @@ def _tool_call(obj: Any, field_: str) -> ToolCall:
 def _function_call_value(value: Any, field_: str) -> list[ToolCall]:
     """A sharegpt function_call turn: a JSON string of one call or a list of calls (parallel calls)."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _err(f"function_call is not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tool_call") from None
+        value = _nested_json(value, field_, "function_call", "bad_tool_call")
     calls = value if isinstance(value, list) else [value]
     if not calls:
         raise _err("function_call holds no call", field_, "bad_tool_call")

@@ -101,8 +101,9 @@ def load_dataset_info(path: str | Path) -> dict[str, DatasetSpec]:
         raise DataError(f"malformed JSON: {e.msg}", file=str(path), line=e.lineno, reason="malformed_json") from None
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), reason="encoding") from None
-    except RecursionError:
-        raise DataError("JSON nested too deeply", file=str(path), reason="too_deep") from None
+    except (RecursionError, ValueError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise DataError(f"cannot parse JSON: {what}", file=str(path), reason="malformed_json") from None
     except OSError as e:
         raise ChatforgeError(f"{path}: cannot read: {e.strerror or e}") from None
     if not isinstance(raw, dict):

@@ -216,6 +216,10 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise DataError(f"JSON nested deeper than {MAX_DEPTH} levels", reason="too_deep") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"cannot parse JSON: {str(e).split(':')[0]}", reason="malformed_json") from None
 
 
 def check_tree(obj: Any, raw: str | None = None, max_depth: int = MAX_DEPTH) -> None:

@@ -307,7 +307,7 @@ def check_safetensors_file(path: str | Path) -> SafetensorsSummary:
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise fail(f"the {n}-byte header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise fail("the header is not a JSON object")
@@ -361,7 +361,7 @@ def check_model_folder(folder: str | Path) -> list[SafetensorsSummary]:
     if config.is_file():
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:
             where = f" (line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
             raise ChatforgeError(f"{config}: not valid JSON{where}: {e}") from None
         if not isinstance(data, dict):

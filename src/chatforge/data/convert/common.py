@@ -46,10 +46,17 @@ def read_json(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ChatforgeError(f"input file not found: {path}") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=str(path)) from None
+    except OSError as err:
+        raise ChatforgeError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from err
+        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from None
+    except (RecursionError, ValueError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(":")[0]
+        raise DataError(f"cannot parse JSON: {what}", file=str(path)) from None
 
 
 def parse_ratio(text: str) -> tuple[float, float]:

@@ -59,7 +59,11 @@ def load_dialogues(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from err
+        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from None
+    except (RecursionError, ValueError) as err:  # too deep, a number of thousands of digits, not UTF-8
+        raise DataError(f"cannot parse JSON: {str(err).split(':')[0][:100]}", file=str(path)) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DataError(f"cannot read the archive: {err}", file=str(path)) from None
     if not isinstance(data, dict):
         raise DataError("expected a JSON object {dialogue_id: dialogue}", file=str(path))
     return data
