@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -268,6 +269,18 @@ def load_tokenized(folder: Path) -> TokenizedDataset:
     )
 
 
+def _cache_intact(folder: Path) -> bool:
+    """Whether a cache folder's files are whole: the safetensors header matches the file, meta.json is an object."""
+    from chatforge.errors import ChatforgeError
+    from chatforge.models.validate import check_safetensors_file
+
+    try:
+        check_safetensors_file(folder / "data.safetensors")
+        return isinstance(json.loads((folder / "meta.json").read_text(encoding="utf-8")), dict)
+    except (ChatforgeError, OSError, ValueError):
+        return False
+
+
 def _dist() -> tuple[Any, int, int]:
     try:
         import torch.distributed as dist
@@ -303,6 +316,10 @@ def cached_tokenize(
     folder = Path(root) / key if root else cache_dir("tokenized") / key
     dist, rank, world = _dist()
     built = None
+    if rank == 0 and (folder / "meta.json").exists() and not _cache_intact(folder):
+        # A cache damaged after it was written (disk full, a copy cut short, a hand edit): rebuild, never load it.
+        print(f"chatforge: tokenization cache {folder} is damaged; rebuilding it", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
     if rank == 0 and not (folder / "meta.json").exists():
         recs = records() if callable(records) else records
         built = tokenize_dataset(recs, tokenizer, template, mask, max_length, num_proc)
