@@ -157,6 +157,13 @@ class DataConfig:
     train: list[str] = field(default_factory=list, metadata=_help("training files or dataset_info names"))
     val: list[str] = field(default_factory=list, metadata=_help("validation files or dataset_info names"))
     dataset_info: str | None = field(default=None, metadata=_help("LLaMA-Factory dataset_info.json"))
+    dataset_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "folder the dataset_info file_name paths must stay inside (LLaMA-Factory's dataset_dir); "
+            "default: the registry's own folder"
+        ),  # fmt: skip
+    )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "text"] = field(
         default="auto", metadata=_help("record format; auto = detect per file")
     )

@@ -143,3 +143,19 @@ def test_convert_output_never_over_its_input(tmp_path, run_cli):
     rc, err = run_cli("data", "convert", "webqa", "--input", src, "--output", src)
     check_clean_error(rc, err, ["is a file"])
     assert src.read_text() == "{}"
+
+
+def test_dataset_dir_allows_paths_inside_it_only(tmp_path, run_cli):
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    registry = tmp_path / "reg" / "dataset_info.json"
+    registry.write_text(json.dumps({"d": {"file_name": "../data/x.json"}, "e": {"file_name": "../../x.json"}}))
+    with pytest.raises(readers.DataError, match="set data.dataset_dir"):
+        readers.read_records("d", dataset_info=registry)
+    with pytest.raises(readers.DataError, match=r"e\.file_name.*outside data\.dataset_dir"):
+        readers.read_records("d", dataset_info=registry, dataset_dir=tmp_path)
+    registry.write_text(json.dumps({"d": {"file_name": "../data/x.json"}}))
+    assert len(readers.read_records("d", dataset_info=registry, dataset_dir=tmp_path)) == 1
+    rc, err = run_cli("data", "show", "d", "--dataset-info", registry, "--dataset-dir", tmp_path / "nope")
+    check_clean_error(rc, err, ["dataset_dir", "not a folder"])

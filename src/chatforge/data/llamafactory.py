@@ -88,11 +88,17 @@ class DatasetSpec:
         return Layout.make("alpaca", columns, ranking=self.ranking)
 
 
-def load_dataset_info(path: str | Path) -> dict[str, DatasetSpec]:
-    """Parse dataset_info.json (the file, or the folder holding it) into DatasetSpecs, checking every entry."""
+def load_dataset_info(path: str | Path, *, root: str | Path | None = None) -> dict[str, DatasetSpec]:
+    """Parse dataset_info.json (the file, or the folder holding it) into DatasetSpecs, checking every entry.
+
+    Every `file_name` must lie inside `root` (LLaMA-Factory's dataset_dir; default: the registry's own folder), so a
+    registry from elsewhere cannot make chatforge read arbitrary files; absolute paths are refused.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "dataset_info.json"
+    if root is not None and not Path(root).is_dir():
+        raise ChatforgeError(f"data.dataset_dir {root} is not a folder")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -110,11 +116,11 @@ def load_dataset_info(path: str | Path) -> dict[str, DatasetSpec]:
         raise DataError("dataset_info.json must be an object of name -> entry", file=str(path), reason="wrong_type")
     specs = {}
     for name, entry in raw.items():
-        specs[name] = _spec(name, entry, path)
+        specs[name] = _spec(name, entry, path, Path(root) if root is not None else None)
     return specs
 
 
-def _spec(name: str, entry: object, registry: Path) -> DatasetSpec:
+def _spec(name: str, entry: object, registry: Path, root: Path | None = None) -> DatasetSpec:
     def bad(message: str, key: str | None = None) -> DataError:
         return DataError(message, file=str(registry), field=f"{name}.{key}" if key else name, reason="dataset_info")
 
@@ -150,8 +156,12 @@ def _spec(name: str, entry: object, registry: Path) -> DatasetSpec:
         parts = PurePosixPath(file_name.replace("\\", "/"))
         if parts.is_absolute() or PureWindowsPath(file_name).drive or not file_name.strip():
             raise bad(f"file_name {file_name!r} must be a path relative to the registry's folder", "file_name")
-        if ".." in os.path.normpath(parts).split("/"):
-            raise bad(f"file_name {file_name!r} points outside the registry's folder {registry.parent}", "file_name")
+        target = os.path.normpath(os.path.join(os.path.abspath(registry.parent), str(parts)))
+        base = os.path.abspath(root if root is not None else registry.parent)
+        if os.path.commonpath([target, base]) != base:
+            where = f"data.dataset_dir {root}" if root is not None else f"the registry's folder {registry.parent}"
+            hint = "" if root is not None else " (set data.dataset_dir to a folder holding both to allow it)"
+            raise bad(f"file_name {file_name!r} points outside {where}{hint}", "file_name")
     hub = {k: str(entry[k]) for k in HUB_KEYS if k in entry}
     if file_name is None and not hub:
         raise bad("an entry needs file_name (or a hub url)")

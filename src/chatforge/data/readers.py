@@ -77,6 +77,7 @@ def read_records(
     on_error: str = "raise",
     dataset_info: str | Path | None = None,
     max_chars: int = MAX_CHARS,
+    dataset_dir: str | Path | None = None,
 ) -> ReadResult:
     """Read a data file, a folder (its .json/.jsonl/.txt[.gz] files in name order, each detected on its own), or,
     with `dataset_info`, a dataset registered by name in LLaMA-Factory's dataset_info.json.
@@ -87,6 +88,7 @@ def read_records(
     max_chars: a message longer than this is truncated to it (counted in `truncated`), and a text document is split
     into consecutive documents of at most this size (counted in `split`; pretraining cuts documents into blocks anyway),
     so one huge record costs bounded memory and time downstream (pass about 16 x the training max_length).
+    dataset_dir: the folder `dataset_info` file names must stay inside (default: the registry's own folder).
     """
     if on_error not in ("raise", "skip"):
         raise ChatforgeError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -98,7 +100,7 @@ def read_records(
     if dataset_info is not None:
         from chatforge.data.llamafactory import load_dataset_info
 
-        specs = load_dataset_info(dataset_info)
+        specs = load_dataset_info(dataset_info, root=dataset_dir)
         name = str(path)
         if name in specs:
             spec = specs[name]
