@@ -410,3 +410,20 @@ def test_duplicate_tool_result_is_refused(tmp_path):
     rec["messages"].insert(3, dict(rec["messages"][2]))
     with pytest.raises(DataError, match="more tool results|second result|without a preceding"):
         read_records(write_jsonl(tmp_path / "d.jsonl", [rec]))
+
+
+def test_max_nesting_ignores_brackets_inside_strings():
+    import random
+
+    from chatforge.data.readers import max_nesting
+
+    tricky = ['a"[{', "\\", '\\"', "x\\\\", "\n]", "}}}", "[[[", 'q"', "é[", 1, None]
+    rng = random.Random(0)
+    for _ in range(200):
+        depth = rng.randint(1, 250)
+        obj: object = rng.choice(tricky)
+        for _ in range(depth):
+            sib = [rng.choice(tricky) for _ in range(rng.randint(0, 2))]
+            obj = [*sib, obj] if rng.random() < 0.5 else {"k[": obj, **{f'{i}"{{': s for i, s in enumerate(sib)}}
+        text = json.dumps([obj, "]]]]"], ensure_ascii=rng.random() < 0.5)
+        assert max_nesting(text) == depth + 1 or (depth + 1 <= 100 and max_nesting(text) >= depth + 1)

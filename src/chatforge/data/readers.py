@@ -259,25 +259,27 @@ def check_tree(obj: Any, raw: str | None = None, max_depth: int = MAX_DEPTH) -> 
                 stack.append((child, (*where, key), depth + 1))
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRUCTURE = b'[]{}"'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
 
 
 def max_nesting(text: str) -> int:
-    """The deepest bracket nesting of a JSON text (strings ignored), computed without a Python loop per character."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return text.count("[") + text.count("{")  # an upper bound that is already small enough
+    """The deepest bracket nesting of a JSON text (brackets inside strings ignored), with C-speed bytes operations and
+    numpy only: escaped backslashes and quotes are dropped, everything but brackets and quotes is deleted, and the
+    quotes then tell which brackets lie inside strings."""
+    count = text.count("[") + text.count("{")
+    if count <= MAX_DEPTH:
+        return count  # an upper bound that is already small enough
     import numpy as np
 
-    data = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
-    deepest, level = 0, 0
-    for start in range(0, len(data), 1 << 24):
-        arr = np.frombuffer(data, dtype=np.uint8, count=min(1 << 24, len(data) - start), offset=start)
-        step = ((arr == 91) | (arr == 123)).astype(np.int32) - ((arr == 93) | (arr == 125)).astype(np.int32)
-        depth = np.cumsum(step) + level
-        if len(depth):
-            deepest = max(deepest, int(depth.max()))
-            level = int(depth[-1])
-    return deepest
+    data = text.encode("utf-8", "surrogatepass").replace(b"\\\\", b"").replace(b'\\"', b"")
+    arr = np.frombuffer(data.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
+    quotes = arr == 34
+    inside = (np.cumsum(quotes) % 2).astype(bool)  # an opening quote and what follows it up to the closing one
+    opens = ((arr == 91) | (arr == 123)) & ~inside
+    closes = ((arr == 93) | (arr == 125)) & ~inside
+    depth = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))
+    return int(depth.max()) if len(depth) else 0
 
 
 def _field_path(parts: tuple) -> str:
