@@ -580,6 +580,9 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         return number
     if tp is str:
         if isinstance(value, str):
+            if _has_surrogate(value):
+                problems.append((path, f"{_describe(value)} holds a lone UTF-16 surrogate (not valid text)"))
+                return _INVALID
             return value
         problems.append((path, f"expected a string, got {_describe(value)} (quote it if it is meant as text)"))
         return _INVALID
@@ -589,6 +592,17 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         problems.append((path, f"expected a path, got {_describe(value)}"))
         return _INVALID
     raise TypeError(f"config schema type {tp!r} at {path or '<root>'} is not supported by chatforge.config")
+
+
+def _has_surrogate(text: str) -> bool:
+    """A lone surrogate (YAML "\\ud800", or undecodable bytes on the command line) would fail at the first encode."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems: list[tuple[str, str]]) -> None:

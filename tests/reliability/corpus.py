@@ -368,6 +368,9 @@ DATA_CASES += [
     ),
 ]
 CONFIG_CASES += [
+    ConfigCase(
+        "surrogate_in_yaml", 'template:\n  default_system: "a\\ud800"\n', [], ["template.default_system", "surrogate"]
+    ),
     ConfigCase("huge_integer_file", "train:\n  seed: " + "9" * 5000 + "\n", [], ["invalid YAML", "4300"]),
     ConfigCase("huge_integer_override", None, ["train.seed=" + "9" * 5000], ["bad override", "4300"]),
 ]
