@@ -112,3 +112,17 @@ def test_check_not_inside_allows_siblings(tmp_path, monkeypatch):
     (tmp_path / "data" / "a.jsonl").write_text("")
     cio.check_not_inside("clean", ["data", "data/a.jsonl"])
     cio.check_not_inside("data2", ["data"])
+
+
+def test_atomic_dir_never_replaces_the_working_folder(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name in (".", str(work), str(tmp_path)):
+        with pytest.raises(ChatforgeError, match="current working folder"):
+            with cio.atomic_dir(name, replace=True):
+                pass
+    assert work.is_dir() and sorted(os.listdir(tmp_path)) == ["work"]
+    with cio.atomic_dir("out/") as tmp:
+        (tmp / "f").write_text("1")
+    assert (work / "out" / "f").read_text() == "1"

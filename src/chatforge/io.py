@@ -143,11 +143,14 @@ def atomic_dir(folder: str | Path, *, replace: bool = False) -> Iterator[Path]:
     folder is swapped out (renamed aside, then removed) only after the new one is complete, so a kill at any moment
     leaves either the old folder or the new one under `folder`, plus at most `.tmp-*` siblings.
     """
-    folder = Path(folder)
+    shown = folder
+    folder = Path(os.path.abspath(folder))  # "." or "out/" must name a real folder entry to rename
     if folder.exists() and not folder.is_dir():
-        raise ChatforgeError(f"cannot create folder {folder}: a file of that name exists")
+        raise ChatforgeError(f"cannot create folder {shown}: a file of that name exists")
+    if folder.exists() and Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise ChatforgeError(f"cannot replace folder {shown}: it is (or holds) the current working folder")
     if folder.exists() and not replace:
-        raise ChatforgeError(f"folder {folder} already exists")
+        raise ChatforgeError(f"folder {shown} already exists")
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(folder.parent, stem=folder.name)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}-", dir=folder.parent))

@@ -343,6 +343,8 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         return
     if not out_dir.is_dir():
         raise ChatforgeError(f"--output {out_dir} is a file, not a folder")
+    if Path.cwd().resolve().is_relative_to(out_dir.resolve()):
+        raise ChatforgeError(f"--output {out_dir} is (or holds) the current folder; name a new folder for the output")
     if not any(p for p in out_dir.iterdir() if not p.name.startswith(".tmp-")):
         return
     if not overwrite:
