@@ -159,3 +159,15 @@ def test_dataset_dir_allows_paths_inside_it_only(tmp_path, run_cli):
     assert len(readers.read_records("d", dataset_info=registry, dataset_dir=tmp_path)) == 1
     rc, err = run_cli("data", "show", "d", "--dataset-info", registry, "--dataset-dir", tmp_path / "nope")
     check_clean_error(rc, err, ["dataset_dir", "not a folder"])
+
+
+def test_clean_output_is_never_the_working_folder(tmp_path, run_cli, monkeypatch):
+    work = tmp_path / "empty"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    src = tmp_path / "in.jsonl"
+    src.write_text(GOOD + "\n")
+    for out in (".", str(work), str(tmp_path / "empty" / ".." / "empty")):
+        rc, err = run_cli("data", "clean", "--input", src, "--output", out)
+        check_clean_error(rc, err, ["current folder"])
+    assert work.is_dir() and list(work.iterdir()) == []
