@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -28,6 +27,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from chatforge.errors import ChatforgeError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks; atomic renames still keep every file consistent
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "TMP_PREFIX",
@@ -211,6 +215,9 @@ def lock_file(path: str | Path, *, what: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield path
+        return
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
