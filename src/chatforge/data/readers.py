@@ -16,6 +16,7 @@ print `ReadResult.summary()`. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -157,19 +158,14 @@ def _decode(data: bytes, path: Path, line: int | None = None) -> str:
         ) from None
 
 
-def _read_errors(path: Path):  # type: ignore[no-untyped-def]
-    """A context that turns a corrupt or truncated compressed stream into a DataError naming the file."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():  # type: ignore[no-untyped-def]
-        try:
-            yield
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off stream an EOFError
-            what = "corrupt or truncated compressed file" if path.suffix.lower() == ".gz" else "cannot read"
-            raise DataError(f"{what}: {e}", file=str(path), reason="unreadable") from None
-
-    return ctx()
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn a corrupt or truncated compressed stream (or a read failure) into a DataError naming the file."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off stream an EOFError
+        what = "corrupt or truncated compressed file" if path.suffix.lower() == ".gz" else "cannot read"
+        raise DataError(f"{what}: {e}", file=str(path), reason="unreadable") from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
@@ -188,7 +184,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
                 yield (
                     n,
                     DataError(
-                        f"the record is longer than {MAX_LINE_BYTES >> 20} MiB; split or shorten it", reason="too_large"
+                        f"the record is longer than {MAX_LINE_BYTES:,} bytes; split or shorten it", reason="too_large"
                     ),
                 )
                 continue
