@@ -170,7 +170,9 @@ class DataConfig:
     val_size: float = field(
         default=0.0, metadata=_help("fraction of train held out for validation when val is empty", min=0.0, lt=1.0)
     )
-    max_length: int = field(default=1024, metadata=_help("tokens per example (longer ones are truncated)", min=16))
+    max_length: int = field(
+        default=1024, metadata=_help("tokens per example (longer ones are truncated)", min=16, max=1 << 20)
+    )
     max_samples: int | None = field(default=None, metadata=_help("use at most this many records per file", min=1))
     on_error: Literal["raise", "skip"] = field(
         default="raise", metadata=_help("bad records: stop with an error, or skip them and print counts per reason")
@@ -623,7 +625,7 @@ def _implied_limits(name: str, meta: typing.Mapping[str, Any]) -> dict[str, Any]
     are at most MAX_THREADS (torch segfaults on absurd thread counts)."""
     if name == "seed" or name.endswith("_seed"):
         return {"min": 0, "max": SEED_MAX}
-    if name in ("num_threads", "num_proc", "num_workers") or name.endswith(("_threads", "_workers")):
+    if name in ("threads", "num_threads", "num_proc", "num_workers") or name.endswith(("_threads", "_workers")):
         return {"min": meta.get("min", 0), "max": MAX_THREADS}
     return {}
 
