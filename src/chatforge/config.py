@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import math
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,19 +103,85 @@ class ModelConfig:
             return [("device", f"{self.device!r} is not a device; use auto, cpu, cuda or cuda:N")]
         return []
 
+    def check_config(self) -> list[tuple[str, str]]:
+        return check_model_init(self.init) if self.init else []
+
+
+# Llama shape fields of `model.init` that must be positive integers, with a generous upper bound each.
+_INIT_INT_FIELDS = {
+    "hidden_size": 65536,
+    "intermediate_size": 262144,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "max_position_embeddings": 1 << 24,
+    "vocab_size": 1 << 24,
+}
+
+
+def check_model_init(init: dict[str, Any]) -> list[tuple[str, str]]:
+    """Shape rules for training from scratch (`model.init`): positive sizes, heads dividing the width, GQA groups,
+    even head_dim (rotary embeddings rotate pairs), finite float fields."""
+    problems: list[tuple[str, str]] = []
+    for key, limit in _INIT_INT_FIELDS.items():
+        if key not in init:
+            continue
+        value = init[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((f"init.{key}", f"expected an integer, got {_describe(value)}"))
+        elif not 1 <= value <= limit:
+            problems.append((f"init.{key}", f"{value} is out of range: must be between 1 and {limit}"))
+    for key, value in init.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append((f"init.{key}", f"{value!r} is not a finite number"))
+    if problems:
+        return problems
+    # The defaults of chatforge.models.tiny.tiny_llama_config, which fills in what init leaves out.
+    hidden = init.get("hidden_size", 64)
+    heads = init.get("num_attention_heads", 4)
+    kv_heads = init.get("num_key_value_heads", 2)
+    head_dim = init.get("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            problems.append(
+                ("init.hidden_size", f"{hidden} is not divisible by num_attention_heads={heads} (or set head_dim)")
+            )
+        else:
+            head_dim = hidden // heads
+    if head_dim is not None and head_dim % 2:
+        problems.append(("init.head_dim", f"head dimension {head_dim} must be even (rotary embeddings)"))
+    if heads % kv_heads:
+        problems.append(
+            (
+                "init.num_key_value_heads",
+                f"{kv_heads} must divide num_attention_heads={heads} (grouped-query attention)",
+            )
+        )
+    return problems
+
 
 @dataclass
 class DataConfig:
     train: list[str] = field(default_factory=list, metadata=_help("training files or dataset_info names"))
     val: list[str] = field(default_factory=list, metadata=_help("validation files or dataset_info names"))
     dataset_info: str | None = field(default=None, metadata=_help("LLaMA-Factory dataset_info.json"))
+    dataset_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "folder the dataset_info file_name paths must stay inside (LLaMA-Factory's dataset_dir); "
+            "default: the registry's own folder"
+        ),  # fmt: skip
+    )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "text"] = field(
         default="auto", metadata=_help("record format; auto = detect per file")
     )
     val_size: float = field(
         default=0.0, metadata=_help("fraction of train held out for validation when val is empty", min=0.0, lt=1.0)
     )
-    max_length: int = field(default=1024, metadata=_help("tokens per example (longer ones are truncated)", min=16))
+    max_length: int = field(
+        default=1024, metadata=_help("tokens per example (longer ones are truncated)", min=16, max=1 << 20)
+    )
     max_samples: int | None = field(default=None, metadata=_help("use at most this many records per file", min=1))
     on_error: Literal["raise", "skip"] = field(
         default="raise", metadata=_help("bad records: stop with an error, or skip them and print counts per reason")
@@ -149,6 +214,90 @@ class OutputConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# YAML reading: PyYAML's SafeLoader, minus the things a config must never do silently
+# ----------------------------------------------------------------------------------------------------------------------
+
+MAX_YAML_NODES = 100_000  # a config has hundreds of values; a billion-laughs bomb expands to billions
+MAX_YAML_DEPTH = 64
+MAX_CONFIG_BYTES = 4 << 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently), self-referencing aliases, and
+    alias bombs: the document's size with every alias expanded is bounded before anything is constructed."""
+
+    def compose_document(self):  # type: ignore[no-untyped-def]
+        node = super().compose_document()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given at line {first + 1}); give each key once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the nodes of the document as if every alias were copied out; refuse cycles, bombs, deep nesting."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a node that contains it (a cycle)", node.start_mark
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", node.start_mark
+            )
+        total = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            active.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            for child in children:
+                total += size(child, depth + 1)
+                if total > MAX_YAML_NODES:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"the document expands to more than {MAX_YAML_NODES} values (anchors/aliases repeated "
+                        "inside each other: an alias bomb?)",
+                        node.start_mark,
+                    )
+            active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def _yaml_load(text: str) -> Any:
+    """yaml.safe_load with the strict rules above."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+
+
 class _Override:
     """A value typed on the command line: YAML-parsed, but the raw text is kept for string fields.
 
@@ -165,6 +314,10 @@ class _Override:
 _KEY_RE = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_0-9][\w\-]*)*$")
 
 
+def _short(item: str) -> str:
+    return repr(item) if len(item) <= 80 else repr(item[:77]) + "..."
+
+
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Turn `a.b=1` strings into a nested dict (values parsed as YAML); returns (tree, problems)."""
     tree: dict[str, Any] = {}
@@ -178,7 +331,13 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[st
             )
             continue
         try:
-            value = yaml.safe_load(text)
+            value = _yaml_load(text)
+        except RecursionError:
+            problems.append((key, f"bad override {_short(item)}: nested too deeply"))
+            continue
+        except ValueError as err:  # not a YAMLError: e.g. an integer of more than 4300 digits
+            problems.append((key, f"bad override {_short(item)}: {str(err).split(':')[0]}"))
+            continue
         except yaml.YAMLError as err:
             if text.lstrip()[:1] in ("[", "{"):  # meant as a list/mapping: taking it as text would hide the typo
                 problems.append((key, f"bad override {item!r}: invalid YAML value ({getattr(err, 'problem', err)})"))
@@ -223,12 +382,21 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, list[tuple[str, str]]
     if not path.is_file():
         raise ConfigError([("", f"config file not found: {path}")], str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([("", f"the file is {size} bytes; a config is at most {MAX_CONFIG_BYTES}")], str(path))
+        data = _yaml_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([("", f"invalid YAML: {where}{err.problem or err}")], str(path)) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise ConfigError([("", f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels")], str(path)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([("", f"not UTF-8 text ({err.reason} at byte {err.start})")], str(path)) from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([("", f"invalid YAML: {str(err).split(':')[0]}")], str(path)) from None
+    except (yaml.YAMLError, OSError) as err:
         raise ConfigError([("", f"invalid YAML: {err}")], str(path)) from None
     if data is None:
         return {}, []
@@ -264,6 +432,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None, schema: ty
 # ----------------------------------------------------------------------------------------------------------------------
 
 _INVALID = object()
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # numpy's legacy RandomState and several CUDA paths take 32-bit seeds
+MAX_THREADS = 1024
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -308,15 +480,19 @@ def _accepts_str(tp: Any) -> bool:
     return False
 
 
-def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], root: type) -> Any:
-    """Check/convert `value` against type `tp`; on failure append problems and return _INVALID."""
+def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], root: type, finite: bool = True) -> Any:
+    """Check/convert `value` against type `tp`; on failure append problems and return _INVALID.
+
+    `finite=False` (a field with metadata `allow_nonfinite`) lets float values be inf/nan; every other float must be
+    finite, and every integer must fit in int64 (what torch, numpy and the JSON writers can hold).
+    """
     if isinstance(value, _Override):
         trial: list[tuple[str, str]] = []
-        out = _convert(value.value, tp, path, trial, root)
+        out = _convert(value.value, tp, path, trial, root, finite)
         if out is not _INVALID:
             return out
         if _accepts_str(tp) and not isinstance(value.value, str) and value.value is not None:
-            return _convert(value.text, tp, path, problems, root)
+            return _convert(value.text, tp, path, problems, root, finite)
         problems.extend(trial)
         return _INVALID
 
@@ -339,7 +515,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         attempts: list[list[tuple[str, str]]] = []
         for arm in arms:
             trial = []
-            out = _convert(value, arm, path, trial, root)
+            out = _convert(value, arm, path, trial, root, finite)
             if out is not _INVALID:
                 return out
             attempts.append(trial)
@@ -372,7 +548,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         if not isinstance(value, list):
             problems.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
             return _INVALID
-        out_list = [_convert(v, item_tp, f"{path}[{i}]", problems, root) for i, v in enumerate(value)]
+        out_list = [_convert(v, item_tp, f"{path}[{i}]", problems, root, finite) for i, v in enumerate(value)]
         if any(v is _INVALID for v in out_list):
             return _INVALID
         return tuple(out_list) if origin is tuple or tp is tuple else out_list
@@ -385,7 +561,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         out_dict = {}
         for k, v in value.items():
             ck = _convert(k, key_tp, f"{path}.{k}", problems, root)
-            cv = _convert(v, val_tp, f"{path}.{k}", problems, root)
+            cv = _convert(v, val_tp, f"{path}.{k}", problems, root, finite)
             out_dict[ck] = cv
         return _INVALID if any(v is _INVALID for v in out_dict.values()) or _INVALID in out_dict else out_dict
     if tp is bool:
@@ -395,19 +571,34 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         return _INVALID
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT64_MAX - 1 <= value <= INT64_MAX:
+                problems.append((path, f"{value} is out of range: integers must fit in 64 bits (|x| < 2**63)"))
+                return _INVALID
             return value
         problems.append((path, f"expected an integer, got {_describe(value)}"))
         return _INVALID
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
         # PyYAML (YAML 1.1) reads `1e-4` as a string; it is plainly a number to the user.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
-        problems.append((path, f"expected a number, got {_describe(value)}"))
-        return _INVALID
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            number = float(value)
+        if number is None:
+            problems.append((path, f"expected a number, got {_describe(value)}"))
+            return _INVALID
+        if finite and not math.isfinite(number):
+            problems.append((path, f"{_describe(value)} is not a finite number (inf/nan are not allowed here)"))
+            return _INVALID
+        return number
     if tp is str:
         if isinstance(value, str):
+            if _has_surrogate(value):
+                problems.append((path, f"{_describe(value)} holds a lone UTF-16 surrogate (not valid text)"))
+                return _INVALID
             return value
         problems.append((path, f"expected a string, got {_describe(value)} (quote it if it is meant as text)"))
         return _INVALID
@@ -417,6 +608,17 @@ def _convert(value: Any, tp: Any, path: str, problems: list[tuple[str, str]], ro
         problems.append((path, f"expected a path, got {_describe(value)}"))
         return _INVALID
     raise TypeError(f"config schema type {tp!r} at {path or '<root>'} is not supported by chatforge.config")
+
+
+def _has_surrogate(text: str) -> bool:
+    """A lone surrogate (YAML "\\ud800", or undecodable bytes on the command line) would fail at the first encode."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems: list[tuple[str, str]]) -> None:
@@ -430,6 +632,27 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems
     ):
         if key in meta and not ok(value, meta[key]):
             problems.append((path, f"{value!r} is out of range: must be {words} {meta[key]!r}"))
+
+
+def _implied_limits(name: str, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """Bounds every field of a kind gets unless it states its own: seeds are 32-bit unsigned, thread/process counts
+    are at most MAX_THREADS (torch segfaults on absurd thread counts)."""
+    if name == "seed" or name.endswith("_seed"):
+        return {"min": 0, "max": SEED_MAX}
+    if name in ("threads", "num_threads", "num_proc", "num_workers") or name.endswith(("_threads", "_workers")):
+        return {"min": meta.get("min", 0), "max": MAX_THREADS}
+    return {}
+
+
+def _check_by_name(name: str, value: Any, path: str, problems: list[tuple[str, str]]) -> None:
+    """Rules for string fields of a kind: device names, and output folders that must not be files."""
+    if isinstance(value, str) and (name == "device" or name.endswith("_device")):
+        if not _DEVICE_RE.match(value.strip()):
+            problems.append((path, f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps"))
+    if isinstance(value, (str, Path)) and (name == "dir" or name.endswith(("_dir", "output_dir"))) and str(value):
+        target = Path(value)
+        if target.exists() and not target.is_dir():
+            problems.append((path, f"{value} is a file, not a folder"))
 
 
 def _all_field_paths(schema: type, prefix: str = "") -> dict[str, str]:
@@ -475,12 +698,13 @@ def _build(schema: type[T], data: dict[str, Any], path: str, problems: list[tupl
                 problems.append((dotted, f"missing required value ({_type_name(hints[name])})"))
                 bad = True
             continue
-        value = _convert(data[name], hints[name], dotted, problems, root)
+        value = _convert(data[name], hints[name], dotted, problems, root, not f.metadata.get("allow_nonfinite"))
         if value is _INVALID:
             bad = True
             continue
         before = len(problems)
-        _check_range(value, f.metadata, dotted, problems)
+        _check_range(value, {**_implied_limits(name, f.metadata), **f.metadata}, dotted, problems)
+        _check_by_name(name, value, dotted, problems)
         bad = bad or len(problems) > before
         kwargs[name] = value
     if bad:
@@ -517,18 +741,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically); `load_config(path, [], type(cfg))` gives an equal object."""
+    from chatforge.io import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("# resolved config written by chatforge; re-run it as is\n")
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "# resolved config written by chatforge; re-run it as is\n" + text)
     return path
 
 

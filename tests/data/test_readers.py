@@ -339,3 +339,91 @@ def test_a_folder_reads_every_file_with_its_own_format(tmp_path):
     recs = read_records(tmp_path).records
     assert [type(r).__name__ for r in recs] == ["Conversation", "Conversation", "TextDoc", "TextDoc"]
     assert [Path(r.meta["source"]).name for r in recs] == ["a.json", "b.jsonl", "c.txt", "c.txt"]
+
+
+# --- OpenAI format as the OpenAI spec defines it ---
+
+
+def test_openai_assistant_tool_calls_without_content_key(tmp_path):
+    rec = json.loads(json.dumps(OPENAI_TOOL))
+    del rec["messages"][1]["content"]  # the spec makes content optional when tool_calls is present
+    (conv,) = read_records(write_jsonl(tmp_path / "o.jsonl", [rec])).records
+    assert conv.messages[1].content == "" and conv.messages[1].tool_calls == [ToolCall("weather", {"city": "Paris"})]
+
+
+def test_openai_weight_zero_is_not_trained(tmp_path):
+    from chatforge.templates import get_template, render_segments
+
+    rec = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "WRONG", "weight": 0},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "RIGHT", "weight": 1},
+        ]
+    }
+    (conv,) = read_records(write_jsonl(tmp_path / "w.jsonl", [rec])).records
+    assert [m.train for m in conv.messages] == [None, False, None, True]
+    trained = "".join(s.text for s in render_segments(conv, get_template("chatml"), "all_assistant") if s.trained)
+    assert "RIGHT" in trained and "WRONG" not in trained
+
+
+def test_openai_spec_fields(tmp_path):
+    rec = {
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+            {"role": "user", "name": "alice", "content": "Weather and time?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "w", "type": "function", "function": {"name": "weather", "arguments": "{}"}},
+                    {"id": "t", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "t", "content": "noon"},  # results in another order than the calls
+            {"role": "tool", "tool_call_id": "w", "content": "sunny"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "No more."}]},
+        ]
+    }
+    (conv,) = read_records(write_jsonl(tmp_path / "s.jsonl", [rec])).records
+    assert roles(conv) == ["system", "user", "assistant", "tool", "tool", "assistant"]
+    assert conv.messages[0].content == "Be brief." and conv.messages[-1].content == "No more."
+    assert [m.content for m in conv.messages[3:5]] == ["sunny", "noon"]  # put into call order
+
+
+def test_openai_legacy_function_call_and_refusal_without_content(tmp_path):
+    rec = {
+        "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": '{"a": 1}'}},
+            {"role": "function", "name": "f", "content": "1"},
+            {"role": "assistant", "refusal": "I cannot."},
+        ]
+    }
+    (conv,) = read_records(write_jsonl(tmp_path / "f.jsonl", [rec])).records
+    assert conv.messages[1].tool_calls == [ToolCall("f", {"a": 1})] and conv.messages[3].content == "I cannot."
+
+
+def test_duplicate_tool_result_is_refused(tmp_path):
+    rec = json.loads(json.dumps(OPENAI_TOOL))
+    rec["messages"].insert(3, dict(rec["messages"][2]))
+    with pytest.raises(DataError, match="more tool results|second result|without a preceding"):
+        read_records(write_jsonl(tmp_path / "d.jsonl", [rec]))
+
+
+def test_max_nesting_ignores_brackets_inside_strings():
+    import random
+
+    from chatforge.data.readers import max_nesting
+
+    tricky = ['a"[{', "\\", '\\"', "x\\\\", "\n]", "}}}", "[[[", 'q"', "é[", 1, None]
+    rng = random.Random(0)
+    for _ in range(200):
+        depth = rng.randint(1, 250)
+        obj: object = rng.choice(tricky)
+        for _ in range(depth):
+            sib = [rng.choice(tricky) for _ in range(rng.randint(0, 2))]
+            obj = [*sib, obj] if rng.random() < 0.5 else {"k[": obj, **{f'{i}"{{': s for i, s in enumerate(sib)}}
+        text = json.dumps([obj, "]]]]"], ensure_ascii=rng.random() < 0.5)
+        assert max_nesting(text) == depth + 1 or (depth + 1 <= 100 and max_nesting(text) >= depth + 1)

@@ -121,6 +121,22 @@ def test_half_written_cache_is_not_a_hit(tiny_tok, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.parametrize("damage", ["truncate_data", "garbage_meta"])
+def test_damaged_cache_is_rebuilt_not_loaded(tiny_tok, tmp_path, damage, capsys):
+    convs = corpus(4)
+    ds = cached_tokenize(convs, tiny_tok, "chatml", root=tmp_path)
+    want = [x.tolist() for x in ds.input_ids]
+    if damage == "truncate_data":
+        data = ds.path / "data.safetensors"
+        data.write_bytes(data.read_bytes()[:-16])
+    else:
+        (ds.path / "meta.json").write_text("{not json")
+    again = cached_tokenize(convs, tiny_tok, "chatml", root=tmp_path)
+    assert again.info["from_cache"] is False and [x.tolist() for x in again.input_ids] == want
+    assert "damaged; rebuilding" in capsys.readouterr().err
+    assert cached_tokenize(convs, tiny_tok, "chatml", root=tmp_path).info["from_cache"] is True
+
+
 class FakeDist:
     """Records the order of events in a two-rank run: rank 1 must pass the barrier before it loads."""
 

@@ -311,16 +311,52 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
     return CleanResult(splits, removed, report)
 
 
-def write_outputs(result: CleanResult, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, recs in result.splits.items():
-        with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for rec in recs:
-                f.write(json.dumps(record_to_dict(rec), ensure_ascii=False) + "\n")
-    with (out_dir / "removed.jsonl").open("w", encoding="utf-8") as f:
-        for entry in result.removed:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    (out_dir / "report.json").write_text(json.dumps(result.report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+def write_outputs(
+    result: CleanResult, out_dir: Path, cfg: CleanConfig | None = None, *, overwrite: bool = False
+) -> None:
+    """Write every output into a temp sibling folder and rename it to `out_dir` only when all are complete, so a
+    killed run leaves no `train.jsonl` that looks finished (at most a `.tmp-*` folder, removed by the next run).
+
+    An existing non-empty `out_dir` is replaced only with `overwrite` and only if it is an earlier `data clean`
+    output (it holds clean_config.yaml); an empty one is replaced silently.
+    """
+    from chatforge.config import save_config
+    from chatforge.io import atomic_dir
+
+    check_output_dir(out_dir, overwrite)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        for name, recs in result.splits.items():
+            with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+                for rec in recs:
+                    f.write(json.dumps(record_to_dict(rec), ensure_ascii=False) + "\n")
+        with (tmp / "removed.jsonl").open("w", encoding="utf-8") as f:
+            for entry in result.removed:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        (tmp / "report.json").write_text(json.dumps(result.report, ensure_ascii=False, indent=2) + "\n", "utf-8")
+        if cfg is not None:
+            save_config(cfg, tmp / "clean_config.yaml")
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder unless `overwrite` and it is an earlier `data clean` output."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ChatforgeError(f"--output {out_dir} is a file, not a folder")
+    if Path.cwd().resolve().is_relative_to(out_dir.resolve()):
+        raise ChatforgeError(f"--output {out_dir} is (or holds) the current folder; name a new folder for the output")
+    if not any(p for p in out_dir.iterdir() if not p.name.startswith(".tmp-")):
+        return
+    if not overwrite:
+        raise ChatforgeError(
+            f"--output {out_dir} is not empty; choose a new folder, or pass --overwrite to replace an earlier "
+            "`data clean` output"
+        )
+    if not (out_dir / "clean_config.yaml").is_file():
+        raise ChatforgeError(
+            f"--output {out_dir} holds files that `data clean` did not write (no clean_config.yaml); --overwrite "
+            "only replaces an earlier `data clean` output"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -332,12 +368,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--input", required=True, action="append", help="data file or folder (repeatable)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="YAML config (see CleanConfig); defaults apply to everything not given")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `data clean` output in --output")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    a = p.parse_args(argv)
-    from chatforge.config import load_config, save_config
+    a = p.parse_intermixed_args(argv)  # flags may follow the key=value overrides
+    from chatforge.config import load_config
     from chatforge.data.readers import read_records
+    from chatforge.io import check_not_inside
 
     cfg = load_config(a.config, a.overrides, CleanConfig)
+    out = Path(a.output)
+    check_not_inside(out, a.input, what="--output")
+    if a.config:
+        check_not_inside(out, [a.config], what="--output")
+    check_output_dir(out, a.overwrite)
     t0 = time.perf_counter()
     records: list[Record] = []
     skipped: Counter = Counter()
@@ -357,9 +400,7 @@ def main(argv: list[str]) -> int:
         "seed": cfg.seed,
         **result.report,
     }
-    out = Path(a.output)
-    write_outputs(result, out)
-    save_config(cfg, out / "clean_config.yaml")
+    write_outputs(result, out, cfg, overwrite=a.overwrite)
     for step in result.report["steps"]:
         what = step.get("reasons") or step.get("masked") or step.get("rules") or {}
         n = step.get("removed", step.get("records_changed", 0))

@@ -126,12 +126,51 @@ def _get(rec: dict, key: str | None, *, required: bool = False) -> Any:
 
 def _text(value: Any, field_: str, *, allow_empty: bool = False) -> str:
     """A message text: a string, or OpenAI content parts that are all text; never silently coerced."""
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        value = "".join(str(p.get("text", "")) for p in value)
+    if isinstance(value, list):
+        value = _content_parts(value, field_)
     if not isinstance(value, str):
         raise _err(f"expected a string, got {type(value).__name__}", field_, "wrong_type")
     if not allow_empty and not value.strip():
         raise _err("empty content", field_, "empty_content")
+    return value
+
+
+def _content_parts(parts: list, field_: str) -> str:
+    """OpenAI content parts: `{"type": "text", "text": ...}` (and an assistant's `refusal` parts) joined in order;
+    image/audio/file parts are refused (chatforge trains text-only models)."""
+    texts = []
+    for i, part in enumerate(parts):
+        where = f"{field_}[{i}]"
+        if not isinstance(part, dict):
+            raise _err(f"a content part must be an object, got {type(part).__name__}", where, "wrong_type")
+        kind = part.get("type")
+        key = {"text": "text", "refusal": "refusal"}.get(kind) if isinstance(kind, str) else None
+        if key is None:
+            if kind in ("image_url", "input_image", "input_audio", "file", "image", "audio", "video"):
+                raise _err(f"content part of type {kind!r}: chatforge trains text-only models", where, "multimodal")
+            raise _err(f"unknown content part type {kind!r} (expected 'text')", f"{where}.type", "wrong_type")
+        if not isinstance(part.get(key), str):
+            raise _err(f"a {kind} part needs a string {key!r}", f"{where}.{key}", "wrong_type")
+        texts.append(part[key])
+    return "".join(texts)
+
+
+def _nested_json(text: str, field_: str, what: str, reason: str) -> Any:
+    """JSON held inside a string field (tools, arguments): parse errors, over-deep nesting, over-long numbers and lone
+    surrogates all become a DataError naming the field, exactly as for the record itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _err(f"{what} is not valid JSON ({e.msg} at char {e.pos})", field_, reason) from None
+    except (RecursionError, ValueError) as e:  # nesting beyond the parser, or a number of thousands of digits
+        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise _err(f"{what} cannot be parsed: {detail}", field_, reason) from None
+    from chatforge.data.readers import check_tree  # readers imports this module
+
+    try:
+        check_tree(value, text)
+    except DataError as e:
+        raise _err(e.bare_message, f"{field_} -> {e.field}" if e.field else field_, e.reason) from None
     return value
 
 
@@ -143,10 +182,7 @@ def parse_tools(value: Any, field_: str = "tools") -> list[dict]:
     if value is None or value == "" or value == []:
         return []
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _err(f"tools is not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tools") from None
+        value = _nested_json(value, field_, "tools", "bad_tools")
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
@@ -163,12 +199,7 @@ def parse_tools(value: Any, field_: str = "tools") -> list[dict]:
 
 def _arguments(value: Any, field_: str) -> dict:
     if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as e:
-            raise _err(
-                f"tool-call arguments are not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tool_call"
-            ) from None
+        value = _nested_json(value, field_, "tool-call arguments", "bad_tool_call") if value.strip() else {}
     if not isinstance(value, dict):
         raise _err(f"tool-call arguments must be a JSON object, got {type(value).__name__}", field_, "bad_tool_call")
     return value
@@ -176,6 +207,12 @@ def _arguments(value: Any, field_: str) -> dict:
 
 def _tool_call(obj: Any, field_: str) -> ToolCall:
     """`{"name", "arguments"}` (sharegpt function_call) or OpenAI `{"type": "function", "function": {...}}`."""
+    if isinstance(obj, dict) and "type" in obj and obj["type"] != "function":
+        raise _err(
+            f"tool call of type {obj['type']!r}: only function tool calls are supported",
+            f"{field_}.type",
+            "bad_tool_call",
+        )
     if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
         obj, field_ = obj["function"], f"{field_}.function"
     if not isinstance(obj, dict):
@@ -191,10 +228,7 @@ def _tool_call(obj: Any, field_: str) -> ToolCall:
 def _function_call_value(value: Any, field_: str) -> list[ToolCall]:
     """A sharegpt function_call turn: a JSON string of one call or a list of calls (parallel calls)."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _err(f"function_call is not valid JSON ({e.msg} at char {e.pos})", field_, "bad_tool_call") from None
+        value = _nested_json(value, field_, "function_call", "bad_tool_call")
     calls = value if isinstance(value, list) else [value]
     if not calls:
         raise _err("function_call holds no call", field_, "bad_tool_call")
@@ -218,6 +252,8 @@ def parse_message(raw: Any, field_: str, tags: dict[str, str]) -> Message:
     }
     if tags is OPENAI_TAGS or tags.get("observation_tag") == "tool":
         roles["function"] = "tool"  # the deprecated OpenAI name of a tool result
+    if tags.get("role_tag") == "role" and tags.get("system_tag") == "system":
+        roles.setdefault("developer", "system")  # newer OpenAI models call the system message "developer"
     role = roles.get(tag) if isinstance(tag, str) else None
     if role is None:
         known = ", ".join(repr(t) for t in roles)
@@ -227,6 +263,7 @@ def parse_message(raw: Any, field_: str, tags: dict[str, str]) -> Message:
         if content_tag not in raw:
             raise _err("function_call message has no content", content_field, "missing_field")
         return Message("assistant", "", tool_calls=_function_call_value(raw[content_tag], content_field))
+    openai = tags.get("content_tag") == "content"
     tool_calls: list[ToolCall] = []
     if raw.get("tool_calls"):
         if role != "assistant":
@@ -236,22 +273,80 @@ def parse_message(raw: Any, field_: str, tags: dict[str, str]) -> Message:
         if not isinstance(raw["tool_calls"], list):
             raise _err("tool_calls must be a list", f"{field_}.tool_calls", "wrong_type")
         tool_calls = [_tool_call(c, f"{field_}.tool_calls[{i}]") for i, c in enumerate(raw["tool_calls"])]
-    if content_tag not in raw:
+    elif openai and role == "assistant" and raw.get("function_call") is not None:
+        # The deprecated single-call form of the OpenAI API: {"name", "arguments"} on the assistant message.
+        tool_calls = [_tool_call(raw["function_call"], f"{field_}.function_call")]
+    if content_tag in raw:
+        content = raw[content_tag]
+    elif tool_calls or (openai and role == "assistant" and isinstance(raw.get("refusal"), str)):
+        content = None  # the OpenAI spec lets an assistant message with tool_calls (or a refusal) omit content
+    else:
         raise _err(f"message has no {content_tag!r}", content_field, "missing_field")
-    content = raw[content_tag]
+    if content is None and openai and role == "assistant" and isinstance(raw.get("refusal"), str) and not tool_calls:
+        content, content_field = raw["refusal"], f"{field_}.refusal"
     if content is None and tool_calls:
         content = ""
     text = _text(content, content_field, allow_empty=bool(tool_calls))
     train = raw.get("train")
     if train is not None and not isinstance(train, bool):
         raise _err(f"train must be true/false, got {train!r}", f"{field_}.train", "wrong_type")
+    if "weight" in raw:
+        # OpenAI fine-tuning: `weight` 0 or 1 on an assistant message says whether it is trained.
+        weight = raw["weight"]
+        if isinstance(weight, bool) or weight not in (0, 1):
+            raise _err(f"weight must be 0 or 1, got {weight!r}", f"{field_}.weight", "wrong_type")
+        if role != "assistant":
+            raise _err(f"weight applies to assistant messages only, not {tag!r}", f"{field_}.weight", "wrong_type")
+        if train is not None and train != bool(weight):
+            raise _err(f"weight {weight} contradicts train {train}", f"{field_}.weight", "wrong_type")
+        train = bool(weight)
     return Message(role, text, tool_calls=tool_calls, train=train)
 
 
 def parse_messages(raw: Any, field_: str, tags: dict[str, str]) -> list[Message]:
+    """A message list. OpenAI `tool_call_id`s are checked against the ids of the preceding assistant's tool calls,
+    and a block of tool results given in another order than the calls is put into call order (the templates pair
+    a result with its call by position)."""
     if not isinstance(raw, list):
         raise _err(f"expected a list of messages, got {type(raw).__name__}", field_, "wrong_type")
-    return [parse_message(m, f"{field_}[{i}]", tags) for i, m in enumerate(raw)]
+    messages = [parse_message(m, f"{field_}[{i}]", tags) for i, m in enumerate(raw)]
+    call_ids: list[str] = []
+    block: list[tuple[int, int]] = []  # (message index, call position) of the current run of tool results
+
+    def close_block() -> None:
+        positions = [pos for _, pos in block]
+        if positions != sorted(positions):
+            idx = [i for i, _ in block]
+            ordered = [messages[i] for i, _ in sorted(block, key=lambda b: b[1])]
+            for i, m in zip(idx, ordered):
+                messages[i] = m
+        block.clear()
+
+    for i, (item, msg) in enumerate(zip(raw, messages)):
+        if msg.role == "assistant":
+            close_block()
+            ids = [c.get("id") if isinstance(c, dict) else None for c in (item.get("tool_calls") or [])]
+            call_ids = [x for x in ids if isinstance(x, str)] if all(isinstance(x, str) for x in ids) else []
+        elif msg.role == "tool" and isinstance(item, dict) and item.get("tool_call_id") is not None:
+            ref = item["tool_call_id"]
+            where = f"{field_}[{i}].tool_call_id"
+            if call_ids and ref not in call_ids:
+                raise _err(
+                    f"tool_call_id {ref!r} matches no tool call of the preceding assistant message (ids: "
+                    f"{', '.join(call_ids)})",
+                    where,
+                    "turn_order",
+                )
+            if call_ids:
+                pos = call_ids.index(ref)
+                if any(p == pos for _, p in block):
+                    raise _err(f"a second result for tool call {ref!r}", where, "turn_order")
+                block.append((i, pos))
+        else:
+            close_block()
+            call_ids = []
+    close_block()
+    return messages
 
 
 def check_order(messages: list[Message], field_: str, *, end: str) -> None:

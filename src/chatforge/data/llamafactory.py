@@ -1,7 +1,8 @@
 """LLaMA-Factory's `dataset_info.json` registry, so its users' data folders load unchanged.
 
-Each entry names a local file (`file_name`, relative to the registry's folder; a folder means every data file in it),
-its `formatting` (alpaca | sharegpt), a `columns` mapping, sharegpt `tags` and `ranking` (preference pairs).
+Each entry names a local file (`file_name`, relative to the registry's folder and inside it: absolute paths and `..`
+are refused; a folder means every data file in it), its `formatting` (alpaca | sharegpt), a `columns` mapping,
+sharegpt `tags` and `ranking` (preference pairs).
 Entries that live only on a hub (`hf_hub_url`, `ms_hub_url`, `om_hub_url`, `script_url`, `cloud_file_name`) raise
 `NotSupportedError`: chatforge never downloads. Multimodal columns (images/videos/audios) are not supported either.
 
@@ -16,8 +17,9 @@ How an entry maps to chatforge formats:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from chatforge.data.formats import COLUMN_KEYS, MULTIMODAL_KEYS, TAG_KEYS, Layout
 from chatforge.errors import ChatforgeError, DataError, NotSupportedError
@@ -86,26 +88,39 @@ class DatasetSpec:
         return Layout.make("alpaca", columns, ranking=self.ranking)
 
 
-def load_dataset_info(path: str | Path) -> dict[str, DatasetSpec]:
-    """Parse dataset_info.json (the file, or the folder holding it) into DatasetSpecs, checking every entry."""
+def load_dataset_info(path: str | Path, *, root: str | Path | None = None) -> dict[str, DatasetSpec]:
+    """Parse dataset_info.json (the file, or the folder holding it) into DatasetSpecs, checking every entry.
+
+    Every `file_name` must lie inside `root` (LLaMA-Factory's dataset_dir; default: the registry's own folder), so a
+    registry from elsewhere cannot make chatforge read arbitrary files; absolute paths are refused.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "dataset_info.json"
+    if root is not None and not Path(root).is_dir():
+        raise ChatforgeError(f"data.dataset_dir {root} is not a folder")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ChatforgeError(f"{path}: no such dataset_info.json") from None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON: {e.msg}", file=str(path), line=e.lineno, reason="malformed_json") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), reason="encoding") from None
+    except (RecursionError, ValueError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise DataError(f"cannot parse JSON: {what}", file=str(path), reason="malformed_json") from None
+    except OSError as e:
+        raise ChatforgeError(f"{path}: cannot read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise DataError("dataset_info.json must be an object of name -> entry", file=str(path), reason="wrong_type")
     specs = {}
     for name, entry in raw.items():
-        specs[name] = _spec(name, entry, path)
+        specs[name] = _spec(name, entry, path, Path(root) if root is not None else None)
     return specs
 
 
-def _spec(name: str, entry: object, registry: Path) -> DatasetSpec:
+def _spec(name: str, entry: object, registry: Path, root: Path | None = None) -> DatasetSpec:
     def bad(message: str, key: str | None = None) -> DataError:
         return DataError(message, file=str(registry), field=f"{name}.{key}" if key else name, reason="dataset_info")
 
@@ -135,6 +150,18 @@ def _spec(name: str, entry: object, registry: Path) -> DatasetSpec:
     file_name = entry.get("file_name")
     if file_name is not None and not isinstance(file_name, str):
         raise bad("file_name must be a string", "file_name")
+    if file_name is not None:
+        # Like LLaMA-Factory's dataset_dir, the registry's folder is the data root: an entry may not point outside it
+        # (a shared dataset_info.json must not make chatforge read ~/.ssh or ../../anything).
+        parts = PurePosixPath(file_name.replace("\\", "/"))
+        if parts.is_absolute() or PureWindowsPath(file_name).drive or not file_name.strip():
+            raise bad(f"file_name {file_name!r} must be a path relative to the registry's folder", "file_name")
+        target = os.path.normpath(os.path.join(os.path.abspath(registry.parent), str(parts)))
+        base = os.path.abspath(root if root is not None else registry.parent)
+        if os.path.commonpath([target, base]) != base:
+            where = f"data.dataset_dir {root}" if root is not None else f"the registry's folder {registry.parent}"
+            hint = "" if root is not None else " (set data.dataset_dir to a folder holding both to allow it)"
+            raise bad(f"file_name {file_name!r} points outside {where}{hint}", "file_name")
     hub = {k: str(entry[k]) for k in HUB_KEYS if k in entry}
     if file_name is None and not hub:
         raise bad("an entry needs file_name (or a hub url)")

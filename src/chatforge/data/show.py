@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", help="alpaca, sharegpt, openai, preference, text (default: auto)")
     p.add_argument("--mask", default="all_assistant", choices=list(MASK_MODES), help="which turns are trained")
     p.add_argument("--dataset-info", help="LLaMA-Factory dataset_info.json (FILE is then a dataset name)")
+    p.add_argument("--dataset-dir", help="folder the registry's file names must stay in (default: its own folder)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="bad records: stop, or skip+count")
     p.add_argument("--color", default="auto", choices=["auto", "always", "never"], help="ANSI colours (auto: on a TTY)")
     return p
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.limit < 0:
         raise ChatforgeError(f"--limit must be >= 0, got {args.limit}")
-    result = read_records(args.file, format=args.format, on_error=args.on_error, dataset_info=args.dataset_info)
+    result = read_records(args.file, format=args.format, on_error=args.on_error, dataset_info=args.dataset_info,
+                          dataset_dir=args.dataset_dir)  # fmt: skip
     if not result.records:
         raise ChatforgeError(f"{args.file}: no records to show ({result.summary()})")
     from chatforge.models.loading import default_template_for, load_tokenizer

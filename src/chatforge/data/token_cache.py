@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from safetensors.numpy import load_file, save_file
 
 from chatforge.data.schema import Conversation, PreferencePair, TextDoc
 from chatforge.errors import NotSupportedError
+from chatforge.io import TMP_PREFIX, clean_leftovers, fsync_dir, fsync_tree
 from chatforge.paths import cache_dir, sha256_file
 from chatforge.templates import encode_text, get_template
 from chatforge.templates.encode import Encoded, encode_segments, has_forged_marker, special_strings, trained_flags
@@ -228,9 +230,11 @@ def tokenize_dataset(
 
 
 def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
-    """Write atomically: a temporary sibling folder renamed into place."""
+    """Write atomically: a temporary sibling folder, fsynced, then renamed into place (`chatforge.io`); temp folders
+    of killed runs (`.tmp-*`, untouched for an hour) are removed first."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+    clean_leftovers(folder.parent, older_than=3600)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{folder.name}-", dir=folder.parent))
     try:
         save_file(
             {
@@ -241,6 +245,8 @@ def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
             str(tmp / "data.safetensors"),
         )
         (tmp / "meta.json").write_text(json.dumps(ds.info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        fsync_tree(tmp)
         if folder.exists() and not (folder / "meta.json").exists():
             shutil.rmtree(folder)  # not a cache this module wrote (it renames complete folders only): replace it
         try:
@@ -248,6 +254,7 @@ def save_tokenized(ds: TokenizedDataset, folder: Path) -> Path:
         except OSError:
             if not (folder / "meta.json").exists():  # another process won the race with a complete cache: fine
                 raise
+        fsync_dir(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -260,6 +267,18 @@ def load_tokenized(folder: Path) -> TokenizedDataset:
     return TokenizedDataset(
         Ragged(arrays["input_ids"], offsets), Ragged(arrays["trained"].view(np.bool_), offsets), info, folder
     )
+
+
+def _cache_intact(folder: Path) -> bool:
+    """Whether a cache folder's files are whole: the safetensors header matches the file, meta.json is an object."""
+    from chatforge.errors import ChatforgeError
+    from chatforge.models.validate import check_safetensors_file
+
+    try:
+        check_safetensors_file(folder / "data.safetensors")
+        return isinstance(json.loads((folder / "meta.json").read_text(encoding="utf-8")), dict)
+    except (ChatforgeError, OSError, ValueError):
+        return False
 
 
 def _dist() -> tuple[Any, int, int]:
@@ -297,6 +316,10 @@ def cached_tokenize(
     folder = Path(root) / key if root else cache_dir("tokenized") / key
     dist, rank, world = _dist()
     built = None
+    if rank == 0 and (folder / "meta.json").exists() and not _cache_intact(folder):
+        # A cache damaged after it was written (disk full, a copy cut short, a hand edit): rebuild, never load it.
+        print(f"chatforge: tokenization cache {folder} is damaged; rebuilding it", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
     if rank == 0 and not (folder / "meta.json").exists():
         recs = records() if callable(records) else records
         built = tokenize_dataset(recs, tokenizer, template, mask, max_length, num_proc)

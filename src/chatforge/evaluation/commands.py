@@ -33,7 +33,11 @@ def _read_data(cfg: EvalRunConfig) -> list[Any]:
     records: list[Any] = []
     for path in cfg.data.val:
         result = read_records(
-            path, format=cfg.data.format, on_error=cfg.data.on_error, dataset_info=cfg.data.dataset_info
+            path,
+            format=cfg.data.format,
+            on_error=cfg.data.on_error,
+            dataset_info=cfg.data.dataset_info,
+            dataset_dir=cfg.data.dataset_dir,
         )
         kept = result.records[: cfg.data.max_samples] if cfg.data.max_samples else result.records
         note = f" (using the first {len(kept)}: data.max_samples)" if len(kept) < len(result.records) else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MISSING = "<missing>"
@@ -14,7 +14,7 @@ MISSING = "<missing>"
 @dataclass
 class BalanceConfig:
     key: str | None = None  # a meta field (e.g. answerable, source; "meta." prefix optional); None = no balancing
-    max_per_class: int | None = None  # None = the size of the smallest class
+    max_per_class: int | None = field(default=None, metadata={"min": 1})  # None = the size of the smallest class
 
 
 def key_value(meta: dict[str, Any], key: str) -> str:

@@ -19,8 +19,8 @@ _LATIN = re.compile(r"[A-Za-z]")
 @dataclass
 class LengthConfig:
     unit: Literal["chars", "tokens"] = "chars"
-    min: int = 1
-    max: int | None = None
+    min: int = field(default=1, metadata={"min": 0})
+    max: int | None = field(default=None, metadata={"min": 0})
     tokenizer: str | None = None  # a model spec for chatforge.models.loading.load_tokenizer, needed for unit=tokens
 
 

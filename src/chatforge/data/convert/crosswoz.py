@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chatforge.data.convert.common import write_jsonl, write_report
+from chatforge.data.convert.common import check_output, write_jsonl, write_report
 from chatforge.data.schema import Conversation, Message, ToolCall
 from chatforge.errors import ChatforgeError, DataError, NotSupportedError
 from chatforge.tools.hotel import HOTEL_TYPES, SEARCH_HOTELS_SPEC, load_hotel_db, query_hotels
@@ -59,7 +59,11 @@ def load_dialogues(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from err
+        raise DataError(f"not valid JSON: {err.msg}", file=str(path), line=err.lineno) from None
+    except (RecursionError, ValueError) as err:  # too deep, a number of thousands of digits, not UTF-8
+        raise DataError(f"cannot parse JSON: {str(err).split(':')[0][:100]}", file=str(path)) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DataError(f"cannot read the archive: {err}", file=str(path)) from None
     if not isinstance(data, dict):
         raise DataError("expected a JSON object {dialogue_id: dialogue}", file=str(path))
     return data
@@ -227,9 +231,9 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.domain != "hotel":
         raise NotSupportedError(f"--domain {a.domain!r}: only 'hotel' has a tool (search_hotels) so far")
+    out = check_output(a.output, a.input, a.db)
     data = load_dialogues(a.input)
     db = load_hotel_db(a.db)
-    out = Path(a.output)
     stats: Counter = Counter()
     dialogues, rounds_out = [], []
     for did in sorted(data, key=lambda k: (len(k), k)):

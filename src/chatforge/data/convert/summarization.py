@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from chatforge.data.convert.common import write_jsonl, write_report
+from chatforge.data.convert.common import check_output, write_jsonl, write_report
 from chatforge.data.schema import Conversation, Message
 from chatforge.errors import ChatforgeError, DataError
 
@@ -194,6 +194,7 @@ def main(argv: list[str]) -> int:
     path = Path(a.input)
     if not path.exists():
         raise ChatforgeError(f"input file not found: {path}")
+    out = check_output(a.output, path)
     stats: Counter = Counter()
     pairs = read_csl(path) if a.format == "csl" else read_lcsts(path, a.min_score, stats)
     rng = random.Random(a.seed)
@@ -204,7 +205,7 @@ def main(argv: list[str]) -> int:
         used[TEMPLATES[k].__name__[3:]] += 1
         msgs = render(TEMPLATES[k], rng, VOCAB[a.format], text, ref)
         convs.append(Conversation(msgs, meta={"source": a.format, "index": i, "template": k, "reference": ref}))
-    n = write_jsonl(Path(a.output) / f"{a.format}.jsonl", convs)
+    n = write_jsonl(out / f"{a.format}.jsonl", convs)
     report = {
         "converter": "summarization",
         "format": a.format,
@@ -215,6 +216,6 @@ def main(argv: list[str]) -> int:
         "template_use": dict(sorted(used.items())),
         "removed": dict(stats),
     }
-    write_report(Path(a.output), report)
+    write_report(out, report)
     print(json.dumps(report, ensure_ascii=False, indent=2))
     return 0

@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatforge.data.convert.common import parse_ratio, read_json, write_jsonl, write_report
+from chatforge.data.convert.common import check_output, parse_ratio, read_json, write_jsonl, write_report
 from chatforge.data.schema import Conversation, Message
 from chatforge.errors import DataError
 
@@ -207,7 +207,7 @@ def _finish(args, name: str, examples_a, examples_u, stats: Counter, extra: dict
     kept_a, kept_u = balance(examples_a, examples_u, parse_ratio(args.ratio), rng)
     out = kept_a + kept_u
     rng.shuffle(out)
-    out_dir = Path(args.output)
+    out_dir = check_output(args.output, args.input)
     n = write_jsonl(out_dir / f"{name}.jsonl", out)
     refusals = Counter(c.messages[-1].content for c in kept_u)
     report = {
@@ -250,6 +250,7 @@ def main(argv: list[str]) -> int:
     p = _parser("chatforge data convert webqa", "zh")
     p.add_argument("--lang", choices=["zh", "en"], default="zh", help="refusal and prompt language")
     args = p.parse_args(argv)
+    check_output(args.output, args.input)
     items, stats = read_webqa(args.input)
     if not items:
         raise DataError("no question with an answerable evidence", file=args.input)
@@ -286,6 +287,7 @@ def main_squad2(argv: list[str]) -> int:
     """`chatforge data convert squad2`: SQuAD 2.0 JSON with its real unanswerable questions."""
     p = _parser("chatforge data convert squad2", "en")
     args = p.parse_args(argv)
+    check_output(args.output, args.input)
     data = read_json(args.input)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError("expected SQuAD JSON with a 'data' list", file=args.input, field="data")
