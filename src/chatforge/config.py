@@ -73,9 +73,6 @@ class ConfigError(ChatforgeError):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
 def _help(text: str, **limits: Any) -> dict[str, Any]:
     return {"help": text, **limits}
 
@@ -97,11 +94,6 @@ class ModelConfig:
     )
     tokenizer: str | None = field(default=None, metadata=_help("tokenizer source if not the model's own"))
     device: str = field(default="auto", metadata=_help("auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"))
-
-    def check_config(self) -> list[tuple[str, str]]:
-        if not _DEVICE_RE.match(self.device):
-            return [("device", f"{self.device!r} is not a device; use auto, cpu, cuda or cuda:N")]
-        return []
 
     def check_config(self) -> list[tuple[str, str]]:
         return check_model_init(self.init) if self.init else []

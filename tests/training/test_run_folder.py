@@ -36,7 +36,7 @@ def test_a_second_run_on_the_same_folder_fails_fast(tmp_path):
     cfg = run_config(tmp_path, "train.max_steps=1")
     first = open_run_folder(cfg)
     try:
-        with pytest.raises(ChatforgeError, match="another chatforge train is running"):
+        with pytest.raises(ChatforgeError, match="in use by another chatforge process"):
             open_run_folder(cfg)
     finally:
         first.close()
@@ -63,7 +63,7 @@ def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(
     cfg = run_config(
         tmp_path,
         "peft.finetuning=full",
-        "train.learning_rate=1e30",
+        "train.learning_rate=1e4",  # accepted: the loss goes non-finite within steps
         "train.max_grad_norm=0",
         "train.save_every=1",
         "train.max_steps=6",

@@ -63,21 +63,26 @@ def weights_dtype(dtype: str, device: torch.device, *, purpose: Purpose, finetun
 
 
 def _choose_template(model_cfg, template_cfg, tokenizer):
-    from chatforge.models.loading import EMBEDDED_NAME, default_template_for
-    from chatforge.templates import get_template
+    """`template.name`, or the family the tokenizer's own Jinja shows, guarded against that Jinja (see
+    `templates.guard`); printed at start, so a user sees what trains."""
+    import sys
+
+    from chatforge.models.loading import EMBEDDED_NAME
+    from chatforge.templates.guard import choose_template
 
     name = getattr(template_cfg, "name", None)
-    if name is None:
-        # The embedded model's name picks its template directly; otherwise the tokenizer's own template is the clue.
-        embedded = str(model_cfg.name_or_path).strip().lower() == EMBEDDED_NAME
-        uses_own_tokenizer = model_cfg.init is None and model_cfg.tokenizer is None
-        name = "smollm2" if embedded and uses_own_tokenizer and model_cfg.adapter is None else None
-        name = name or default_template_for(tokenizer)
-    template = get_template(name)
-    default_system = getattr(template_cfg, "default_system", None)
-    if default_system is not None:
-        template = template.with_default_system(default_system)
-    return template
+    embedded = str(model_cfg.name_or_path).strip().lower() == EMBEDDED_NAME
+    if name is None and embedded and model_cfg.init is None and model_cfg.tokenizer is None:
+        name = "smollm2"  # the embedded model's name says its template
+    choice = choose_template(
+        tokenizer,
+        name,
+        use_model_jinja=bool(getattr(template_cfg, "use_model_jinja", False)),
+        default_system=getattr(template_cfg, "default_system", None),
+        check=model_cfg.init is None,  # a model built from scratch has no template of its own to agree with
+    )
+    print(choice.message, file=sys.stderr)
+    return choice.template
 
 
 def assemble(
@@ -108,7 +113,9 @@ def assemble(
     device = resolve_device(model_cfg.device)
     adapter_dir = Path(model_cfg.adapter).expanduser() if model_cfg.adapter is not None else None
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-        raise ChatforgeError(f"adapter {str(model_cfg.adapter)!r} not found: expected a folder with adapter_config.json")
+        raise ChatforgeError(
+            f"adapter {str(model_cfg.adapter)!r} not found: expected a folder with adapter_config.json"
+        )
     if purpose == "train" and adapter_dir is not None and (finetuning or "").lower() not in ADAPTER_METHODS:
         raise ChatforgeError("model.adapter (continue training an adapter) works with peft.finetuning=lora only")
 

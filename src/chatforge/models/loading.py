@@ -182,6 +182,9 @@ def gguf_to_hf_folder(gguf: str | Path) -> Path:
     with _file_lock(root / f".{digest}.lock"):
         if (target / "config.json").is_file():
             return target
+        from chatforge.models.validate import check_gguf_file
+
+        check_gguf_file(gguf)  # a truncated or foreign file gets a clear error, not a parser traceback
         return _convert_gguf(gguf, digest, root, target)
 
 
@@ -251,6 +254,10 @@ def _check_weights(folder: Path, allow_pickle: bool, what: str = "model") -> Non
     safe = [f for f in files if f.endswith(".safetensors")]
     pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
     if safe:
+        from chatforge.models.validate import check_safetensors_file
+
+        for name in safe:
+            check_safetensors_file(folder / name)  # header only: milliseconds
         return
     if pickles and not allow_pickle:
         raise ChatforgeError(
@@ -341,8 +348,11 @@ def build_model_from_init(
     """A randomly initialised Llama sized by `init` (any LlamaConfig field), with the tokenizer's vocab/special ids."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from chatforge.models.presets import apply_preset
     from chatforge.models.tiny import tiny_llama_config
 
+    # `preset: llama-43m | llama-92m | llama-124m` gives the shape; any other field overrides it.
+    init = apply_preset(init, len(tokenizer))
     known = set(LlamaConfig().to_dict())
     unknown = [k for k in init if k not in known]
     if unknown:
@@ -363,7 +373,9 @@ def build_model_from_init(
     dev = resolve_device(device)
     # Built directly on the device in its dtype: a 7B model initialised on the CPU in fp32 would take minutes.
     with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size, **fields), dtype=resolve_dtype(dtype, dev))
+        model = AutoModelForCausalLM.from_config(
+            tiny_llama_config(vocab_size, **fields), dtype=resolve_dtype(dtype, dev)
+        )
     return model
 
 

@@ -24,6 +24,13 @@ def main(argv: list[str]) -> int:
     path, overrides = argv[0], argv[1:]
     if "=" in path:  # no config file, only overrides (everything else at its default)
         path, overrides = None, argv
+    from chatforge.config_llamafactory import maybe_convert
+
+    path, unmapped = maybe_convert(path)  # an LLaMA-Factory YAML trains as its chatforge equivalent
+    if unmapped:
+        print(f"LLaMA-Factory config -> {path}; not carried over:", file=sys.stderr)
+        for key, reason in unmapped:
+            print(f"  {key}: {reason}", file=sys.stderr)
     cfg = load_train_config(path, overrides)
     from chatforge.training.recipes import train
 

@@ -45,7 +45,11 @@ def read_files(paths: list[str], *, data_cfg) -> tuple[list, Counter]:
     for path in paths:
         # Readers detect the format (incl. `.txt` / `{"text": ...}` for pretraining) unless data.format says it.
         result = read_records(
-            path, format=data_cfg.format, on_error=data_cfg.on_error, dataset_info=data_cfg.dataset_info
+            path,
+            format=data_cfg.format,
+            on_error=data_cfg.on_error,
+            dataset_info=data_cfg.dataset_info,
+            dataset_dir=data_cfg.dataset_dir,
         )
         recs = list(result.records)
         if data_cfg.max_samples is not None:
@@ -128,8 +132,17 @@ def encode_pt(records: list, tokenizer, *, max_length: int, stats: Counter) -> l
     return out
 
 
-def build_data(cfg, encode: Callable[[list, Counter], list[Example]]) -> TrainData:
-    """Read and split the configured training (and validation) files, then `encode(records, stats)` each part."""
+@dataclass
+class RawData:
+    """The records of a run, read (and split) before any model is loaded, so bad data fails in seconds."""
+
+    train: list
+    val: list
+    stats: Counter
+
+
+def read_data(cfg) -> RawData:
+    """Read and split the configured training (and validation) files."""
     dcfg = cfg.data
     if not dcfg.train:
         raise ChatforgeError("data.train: no training files given")
@@ -139,8 +152,16 @@ def build_data(cfg, encode: Callable[[list, Counter], list[Example]]) -> TrainDa
         stats.update(val_skipped)
     else:
         train_recs, val_recs = split_records(train_recs, dcfg.val_size, dcfg.seed)
-    train = encode(train_recs, stats)
-    val = encode(val_recs, stats)
+    if not train_recs:
+        raise ChatforgeError(f"data.train: the files hold no records ({dict(stats) or 'they are empty'})")
+    return RawData(train_recs, val_recs, stats)
+
+
+def encode_data(raw: RawData, encode: Callable[[list, Counter], list[Example]]) -> TrainData:
+    """`encode(records, stats)` the training and validation records."""
+    stats = Counter(raw.stats)
+    train = encode(raw.train, stats)
+    val = encode(raw.val, stats)
     if not train:
         raise ChatforgeError(f"data.train: no usable training examples ({dict(stats) or 'files are empty'})")
     return TrainData(train, val, stats)

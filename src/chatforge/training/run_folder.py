@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.errors import ChatforgeError
-from chatforge.io import atomic_write_json, fsync_dir
+from chatforge.io import atomic_write_json, fsync_dir, lock_file
 from chatforge.training import checkpoint as ckpt_mod
 
 MARKER = ".chatforge-run"
@@ -48,12 +48,10 @@ class RunFolder:
     path: Path
     resume_from: ckpt_mod.Checkpoint | None = None
     finished_summary: dict | None = None  # set when resume=auto found a finished run
-    _lock: Any = field(default=None, repr=False)
+    _held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
     def close(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
-            self._lock = None
+        self._held.close()  # releases the lock
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,20 +67,6 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ignoring the resume-safe ones."""
     a, b = _flatten(saved), _flatten(current)
     return sorted(k for k in set(a) | set(b) if k not in RESUME_SAFE and a.get(k) != b.get(k))
-
-
-def _take_lock(out: Path):
-    fh = open(out / ".lock", "a")  # noqa: SIM115 -- held open for the whole run
-    try:
-        import fcntl
-
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # not POSIX: no lock, the rest still holds
-        pass
-    except OSError:
-        fh.close()
-        raise ChatforgeError(f"another chatforge train is running in {out} (it holds {out / '.lock'})") from None
-    return fh
 
 
 def open_run_folder(cfg) -> RunFolder:
@@ -101,7 +85,8 @@ def open_run_folder(cfg) -> RunFolder:
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
-    folder = RunFolder(out, _lock=_take_lock(out))
+    folder = RunFolder(out)
+    folder._held.enter_context(lock_file(out / ".lock", what=f"output.dir {out} (another chatforge train?)"))
     try:
         _decide(folder, cfg, config_to_dict(cfg), yaml)
     except BaseException:

@@ -8,7 +8,7 @@ checkpoints and resume) works and is configured as for `sft` (see `recipes.sft`)
 from __future__ import annotations
 
 from chatforge.training.batching import lm_batches
-from chatforge.training.dataset import build_data, encode_pt
+from chatforge.training.dataset import encode_data, encode_pt, read_data
 from chatforge.training.model_setup import check_single_process, prepare_model
 from chatforge.training.objectives import TokenObjective
 from chatforge.training.recipes.sft import validation_batches
@@ -22,9 +22,10 @@ def run(cfg) -> TrainResult:
     try:
         if folder.finished_summary is not None:
             return finished_run(folder)
+        raw = read_data(cfg)  # before the model loads: a bad record fails in seconds, not after minutes
         tm = prepare_model(cfg)
-        data = build_data(
-            cfg, lambda records, stats: encode_pt(records, tm.tokenizer, max_length=cfg.data.max_length, stats=stats)
+        data = encode_data(
+            raw, lambda records, stats: encode_pt(records, tm.tokenizer, max_length=cfg.data.max_length, stats=stats)
         )
         batches = lm_batches(
             data.train,

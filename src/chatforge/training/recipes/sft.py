@@ -14,7 +14,7 @@ What it does, and the keys that steer each part:
 from __future__ import annotations
 
 from chatforge.training.batching import lm_batches
-from chatforge.training.dataset import build_data, encode_sft
+from chatforge.training.dataset import encode_data, encode_sft, read_data
 from chatforge.training.model_setup import check_single_process, prepare_model
 from chatforge.training.objectives import TokenObjective
 from chatforge.training.packing import pad_batch
@@ -28,6 +28,7 @@ def run(cfg) -> TrainResult:
     try:
         if folder.finished_summary is not None:
             return finished_run(folder)
+        raw = read_data(cfg)  # before the model loads: a bad record fails in seconds, not after minutes
         tm = prepare_model(cfg)
 
         def encode(records, stats):
@@ -40,7 +41,7 @@ def run(cfg) -> TrainResult:
                 stats=stats,
             )
 
-        data = build_data(cfg, encode)
+        data = encode_data(raw, encode)
         batches = lm_batches(
             data.train,
             cfg.train,
