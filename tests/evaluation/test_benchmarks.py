@@ -375,3 +375,13 @@ def test_left_padding_does_not_change_scores(tiny_tok, tiny_model):
     alone = score_requests(tiny_model, [short], 0, 4096)[0]
     together = score_requests(tiny_model, [short, long], 0, 4096, batch_size=2)[0]
     assert together == pytest.approx(alone, abs=1e-4)
+
+
+def test_missing_benchmark_folder_is_reported_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHATFORGE_BENCHMARKS", raising=False)
+    cfg = load_eval_config(None, ["eval.tasks=[mmlu]", f"output.dir={tmp_path}"])
+    with pytest.raises(ChatforgeError, match="set eval.benchmark_dir"):
+        evaluate(cfg, engine=object())
+    cfg = load_eval_config(None, ["eval.tasks=[arc_easy]", f"eval.benchmark_dir={tmp_path}", f"output.dir={tmp_path}"])
+    with pytest.raises(ChatforgeError, match="no such benchmark data file"):
+        evaluate(cfg, engine=object())

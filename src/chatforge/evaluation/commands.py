@@ -67,8 +67,9 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
     """
     from chatforge import __version__
     from chatforge.config import save_config
-    from chatforge.evaluation.bench import chart_scales, check_allowed, run_benchmark
+    from chatforge.evaluation.bench import benchmark_dir, chart_scales, check_allowed, run_benchmark
     from chatforge.evaluation.benchmarks import builtin_names, is_benchmark, load_spec
+    from chatforge.evaluation.benchmarks.docs import find_subjects
 
     if not cfg.eval.tasks:
         raise ChatforgeError(f"eval.tasks is empty; choose from {', '.join([*TASKS, *builtin_names()])}")
@@ -83,6 +84,7 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
             )
         specs[name] = load_spec(name)
         check_allowed(specs[name], cfg.eval)
+        find_subjects(specs[name], benchmark_dir(cfg.eval))  # a wrong data folder fails before the model loads
     if not cfg.data.val and any(name in TASKS for name in cfg.eval.tasks):
         raise ChatforgeError("data.val lists no evaluation files; e.g. data.val=[path/to/test.jsonl]")
     out = _prepare_output(cfg)

@@ -194,6 +194,10 @@ def find_subjects(spec: BenchmarkSpec, benchmark_dir: str | None) -> dict[str, P
     """subject -> test file ('' -> the one test file for a task without subjects)."""
     test = _resolve(spec, spec.test, benchmark_dir)
     if not spec.has_subjects:
+        if not test.is_file():
+            raise ChatforgeError(
+                f"benchmark {spec.name}: {test}: no such benchmark data file (is eval.benchmark_dir right?)"
+            )
         return {"": test}
     text = str(test)
     head, tail = text.split("{subject}", 1)
