@@ -110,7 +110,7 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
             "model": cfg.model.name_or_path,
             "adapter": cfg.model.adapter,
             "template": template_name,
-            "data": list(cfg.data.val),
+            "data": list(cfg.data.val) + ([str(benchmark_dir(cfg.eval) or "")] if specs else []),
             "started": started,
             "version": __version__,
         },
