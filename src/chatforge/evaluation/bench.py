@@ -11,7 +11,7 @@ aggregate per subject and overall with 95% intervals.
 
 Prompts are plain text (no chat template), as the published base-model numbers and lm-evaluation-harness's default are.
 Tasks with subjects report `acc` over all items (micro, as the harness's group score weighted by size) and
-`acc_subject_mean` (each subject counts once) with a normal-approximation interval.
+`acc_subject_mean` (each subject counts once) with a normal-approximation interval (Agresti-Coull per subject).
 """
 
 from __future__ import annotations
@@ -98,13 +98,15 @@ def _aggregate(name: str, per_doc: list[bool], docs: list[D.Doc], metrics: dict,
     metrics.update({name: value, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
     subjects = list(dict.fromkeys(d.subject for d in docs))
     if len(subjects) > 1:
-        means, var = [], 0.0
+        means, var, z2 = [], 0.0, 1.959964**2
         for s in subjects:
             sel = [c for c, d in zip(per_doc, docs) if d.subject == s]
             p = sum(sel) / len(sel)
             per_subject.setdefault(s, {"n": len(sel)})[name] = p
             means.append(p)
-            var += p * (1 - p) / len(sel)
+            # Agresti-Coull variance: a subject with few items all right (or all wrong) still counts as uncertain.
+            q = (sum(sel) + z2 / 2) / (len(sel) + z2)
+            var += q * (1 - q) / (len(sel) + z2)
         mean, half = sum(means) / len(means), 1.959964 * math.sqrt(var) / len(means)
         metrics.update(
             {
