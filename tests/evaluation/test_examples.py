@@ -17,7 +17,13 @@ def test_example_config_loads(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# chatforge "), "each example starts with the command that runs it"
     cfg = load_eval_config(path)
-    assert cfg.eval.tasks and cfg.data.val
+    from chatforge.evaluation.benchmarks import is_benchmark, load_spec
+
+    data_tasks = [t for t in cfg.eval.tasks if not is_benchmark(t)]
+    assert cfg.eval.tasks and (cfg.data.val or not data_tasks)
+    for t in cfg.eval.tasks:
+        if is_benchmark(t):
+            load_spec(t)  # the named benchmarks exist
 
 
 def test_choice_demo_reads():

@@ -70,11 +70,26 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
     """
     from chatforge import __version__
     from chatforge.config import save_config
+    from chatforge.evaluation.bench import benchmark_dir, chart_scales, check_allowed, run_benchmark
+    from chatforge.evaluation.benchmarks import builtin_names, is_benchmark, load_spec
+    from chatforge.evaluation.benchmarks.docs import find_subjects
 
-    if not cfg.data.val:
-        raise ChatforgeError("data.val lists no evaluation files; e.g. data.val=[path/to/test.jsonl]")
     if not cfg.eval.tasks:
-        raise ChatforgeError(f"eval.tasks is empty; choose from {', '.join(TASKS)}")
+        raise ChatforgeError(f"eval.tasks is empty; choose from {', '.join([*TASKS, *builtin_names()])}")
+    specs = {}
+    for name in cfg.eval.tasks:
+        if name in TASKS:
+            continue
+        if not is_benchmark(name):
+            raise ChatforgeError(
+                f"eval.tasks: unknown task {name!r}; tasks on data.val: {', '.join(TASKS)}; benchmarks: "
+                f"{', '.join(builtin_names())}; or the path of a task YAML"
+            )
+        specs[name] = load_spec(name)
+        check_allowed(specs[name], cfg.eval)
+        find_subjects(specs[name], benchmark_dir(cfg.eval))  # a wrong data folder fails before the model loads
+    if not cfg.data.val and any(name in TASKS for name in cfg.eval.tasks):
+        raise ChatforgeError("data.val lists no evaluation files; e.g. data.val=[path/to/test.jsonl]")
     out = _prepare_output(cfg)
     if cfg.eval.threads:
         import torch
@@ -84,8 +99,8 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
     save_config(cfg, out / "config.yaml")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    choice_only = set(cfg.eval.tasks) == {"choice"}
-    records = [] if choice_only else _read_data(cfg)
+    needs_records = any(name in TASKS and name != "choice" for name in cfg.eval.tasks)
+    records = _read_data(cfg) if needs_records else []
     if engine is None:
         _log(f"loading {cfg.model.name_or_path}" + (f" + adapter {cfg.model.adapter}" if cfg.model.adapter else ""))
         engine = load_engine(cfg)
@@ -98,13 +113,33 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
             "model": cfg.model.name_or_path,
             "adapter": cfg.model.adapter,
             "template": template_name,
-            "data": list(cfg.data.val),
+            "data": list(cfg.data.val) + ([str(benchmark_dir(cfg.eval) or "")] if specs else []),
             "started": started,
             "version": __version__,
         },
         "tasks": {},
     }
     for name in cfg.eval.tasks:
+        if name in specs:
+            spec = specs[name]
+            start = time.perf_counter()
+            result, n_items = run_benchmark(spec, ctx)
+            result.seconds = time.perf_counter() - start
+            write_predictions(out / f"predictions_{spec.name}.jsonl", result.predictions)
+            report["tasks"][spec.name] = {
+                "items": n_items,
+                "seconds": result.seconds,
+                "metrics": result.metrics,
+                "details": result.details,
+                "examples": result.examples,
+                "chart_scales": chart_scales(spec),
+                "predictions": f"predictions_{spec.name}.jsonl",
+            }
+            headline = {k: v for k, v in result.metrics.items() if "_ci_" not in k}
+            _log(
+                f"{spec.name} done in {result.seconds:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in headline.items())
+            )
+            continue
         task = TASKS[name]
         pool, too_long = None, 0
         if name == "choice":

@@ -8,6 +8,9 @@ Every task in `eval.tasks` runs on those files:
   toolcall     every assistant turn is a reference; slot P/R/F1 for tool-call turns, BLEU-4 for text turns
   grounded_qa  answer-or-refuse: EM / F1 / false refusals on answerable, refusal P/R/F1 on unanswerable questions
   choice       JSONL of {question, choices, answer}: option log-likelihoods, accuracy with a 95% interval
+Standard benchmarks run by name from their own files under eval.benchmark_dir (data.val is not used for them):
+  mmlu cmmlu ceval arc_easy arc_challenge boolq commonsenseqa gsm8k humaneval, or the path of your own task YAML
+  (see chatforge/evaluation/benchmarks/spec.py for its keys)
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from typing import Literal
 
 from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConfig, load_config
 
-TaskName = Literal["lm", "generate", "toolcall", "grounded_qa", "choice"]
+DATA_TASKS = ("lm", "generate", "toolcall", "grounded_qa", "choice")
 
 
 @dataclass
 class EvalConfig:
     """What to evaluate and how much of it (small defaults keep a CPU run on the embedded model to minutes)."""
 
-    tasks: list[TaskName] = field(default_factory=lambda: ["generate"], metadata={"help": "tasks to run on data.val"})
+    tasks: list[str] = field(
+        default_factory=lambda: ["generate"],
+        metadata={
+            "help": "tasks: lm, generate, toolcall, grounded_qa, choice (on data.val); benchmarks mmlu, cmmlu, ceval, "
+            "arc_easy, arc_challenge, boolq, commonsenseqa, gsm8k, humaneval; or a task YAML path"
+        },
+    )
     max_samples: int | None = field(
         default=100, metadata={"help": "items per task (a seeded sample); null = all", "min": 1}
     )
@@ -38,9 +47,34 @@ class EvalConfig:
     refusal_patterns: list[str] = field(
         default_factory=list, metadata={"help": "extra regular expressions that mark a reply as a refusal"}
     )
-    num_fewshot: int = field(
-        default=0, metadata={"help": "choice task: solved examples put before each question", "min": 0}
+    num_fewshot: int | None = field(
+        default=None,
+        metadata={"help": "solved examples before each question; null = the task's default (choice: 0)", "min": 0},
     )
+    benchmark_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of the benchmark files (null = $CHATFORGE_BENCHMARKS), e.g. ../shared/data/benchmarks"
+        },
+    )
+    subjects: list[str] = field(
+        default_factory=list,
+        metadata={"help": "benchmarks with subjects (mmlu, cmmlu, ceval): only these (empty = all)"},
+    )
+    max_per_subject: int | None = field(
+        default=None, metadata={"help": "benchmarks: the first N items of each subject (null = all)", "min": 1}
+    )
+    sampling: Literal["random", "first"] = field(
+        default="random", metadata={"help": "how eval.max_samples picks items: a seeded sample, or the first N"}
+    )
+    gen_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "benchmarks: generation limit (null = the task YAML's)", "min": 1}
+    )
+    allow_code_execution: bool = field(
+        default=False, metadata={"help": "humaneval: run model-written code in a limited subprocess (opt in)"}
+    )
+    code_timeout: float = field(default=10.0, metadata={"help": "seconds per generated program", "min": 0.1})
+    code_memory_mb: int = field(default=1024, metadata={"help": "address-space limit per program (MiB)", "min": 64})
     show_examples: int = field(default=5, metadata={"help": "examples of each error kind shown in report.md", "min": 0})
     charts: bool = field(default=True, metadata={"help": "write PNG charts beside the report"})
     threads: int | None = field(

@@ -29,6 +29,9 @@ _FRACTION_WORDS = (
     "ci_low",
     "ci_high",
     "chance",
+    "acc",
+    "pass@",
+    "subject_mean",
 )
 
 
@@ -109,6 +112,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         if flat:
             lines += ["", "Details: " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in flat.items())]
         for k, v in task["details"].items():
+            if k == "per_subject" and isinstance(v, dict):
+                names = list(dict.fromkeys(m for row in v.values() for m in row if m != "n"))
+                lines += ["", "| subject | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+                for subj, row in v.items():
+                    cells = " | ".join(_fmt(m, row.get(m, float("nan"))) for m in names)
+                    lines.append(f"| {subj} | {row['n']} | {cells} |")
+                continue
             if isinstance(v, dict):
                 lines += [f"- {k}: " + ", ".join(f"{kk} {_fmt(kk, vv)}" for kk, vv in v.items())]
         if task.get("chart"):

@@ -490,7 +490,7 @@ def run_choice(items: list[Item], ctx: EvalContext, pool: list[Item] | None = No
     rows, owners = [], []
     for n, it in enumerate(items):
         shots = [p for p in pool if p is not it]
-        shots = rng.sample(shots, min(ctx.cfg.num_fewshot, len(shots)))
+        shots = rng.sample(shots, min(ctx.cfg.num_fewshot or 0, len(shots)))
         history: list[Message] = []
         for s in shots:
             history += [Message("user", s.record["question"]), Message("assistant", s.record["choices"][s.reference])]
@@ -531,7 +531,7 @@ def run_choice(items: list[Item], ctx: EvalContext, pool: list[Item] | None = No
     chance = sum(1 / len(it.record["choices"]) for it in items) / max(len(items), 1)
     details = {
         "n": acc["n"],
-        "num_fewshot": ctx.cfg.num_fewshot,
+        "num_fewshot": ctx.cfg.num_fewshot or 0,
         "chance": chance,
         "accuracy_norm_ci95": acc_norm["ci95"],
     }
