@@ -158,6 +158,15 @@ class DataConfig:
     train: list[str] = field(default_factory=list, metadata=_help("training files or dataset_info names"))
     val: list[str] = field(default_factory=list, metadata=_help("validation files or dataset_info names"))
     dataset_info: str | None = field(default=None, metadata=_help("LLaMA-Factory dataset_info.json"))
+    shards: str | None = field(
+        default=None,
+        metadata=_help(
+            "stage pt: a token-shard folder from `chatforge data tokenize` (streamed, instead of data.train)"
+        ),
+    )
+    val_rows: float = field(
+        default=0.0, metadata=_help("stage pt with shards: fraction of rows held out for validation", min=0.0, lt=1.0)
+    )
     dataset_dir: str | None = field(
         default=None,
         metadata=_help(
