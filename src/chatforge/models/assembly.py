@@ -126,8 +126,17 @@ def assemble(
     else:
         tok_source = model_cfg.name_or_path
     tokenizer = load_tokenizer(tok_source, trust_remote_code=model_cfg.trust_remote_code)
-    template = _choose_template(model_cfg, template_cfg, tokenizer)
-    added = prepare_tokenizer(tokenizer, template) if prepare_template else 0
+    if prepare_template:
+        template = _choose_template(model_cfg, template_cfg, tokenizer)
+        added = prepare_tokenizer(tokenizer, template)
+    else:  # raw loading (conversion checks, export): the tokenizer as it is, no guard, no markers added
+        from chatforge.templates import get_template
+        from chatforge.templates.guard import guess_template_name
+
+        template, added = (
+            get_template(getattr(template_cfg, "name", None) or guess_template_name(tokenizer) or "chatml"),
+            0,
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 

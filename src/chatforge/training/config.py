@@ -43,7 +43,7 @@ class TrainConfig:
     max_steps: int | None = field(default=None, metadata={"min": 1, "help": "overrides epochs when set"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences (or packed rows) per micro-batch"})
     grad_accum: int = field(default=1, metadata={"min": 1})
-    learning_rate: float = field(default=2e-4, metadata={"min": 0, "max": 1e4})
+    learning_rate: float = field(default=2e-4, metadata={"min": 0, "max": 10})
     weight_decay: float = field(default=0.0, metadata={"min": 0})
     adam_beta1: float = field(default=0.9, metadata={"min": 0, "max": 1})
     adam_beta2: float = field(default=0.999, metadata={"min": 0, "max": 1})
