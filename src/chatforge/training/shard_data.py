@@ -23,7 +23,7 @@ class ShardRows:
         self.dataset, self.seq_len = dataset, seq_len
         self.train = dataset.train_row_indices(seq_len)
         self.val = dataset.val_row_indices(seq_len)
-        self.stats = Counter({f"token shards: {dataset.num_tokens:,} tokens, {dataset.num_documents:,} documents": 1})
+        self.stats = Counter({"shard tokens": dataset.num_tokens, "shard documents": dataset.num_documents})
 
     def fingerprint(self) -> str:
         return f"{self.dataset.tokenizer_hash[:12]}-{self.dataset.num_tokens}-{self.seq_len}-{len(self.val)}"
