@@ -142,21 +142,39 @@ def test_status_from_the_folder(ws):
         live.wait()
 
 
-def test_dataset_info_entries_stay_inside(ws):
-    (ws / "data" / "dataset_info.json").write_text(
-        json.dumps({"inside": {"file_name": "a.jsonl"}, "outside": {"file_name": "../../secret.jsonl"}})
-    )
+def test_dataset_info_entries_stay_inside(ws, tmp_path):
+    """A registry with an entry outside its folder (or data.dataset_dir) is refused as a whole, as `chatforge train`
+    refuses it; an entry that is a symlink out of the workspace, which the loader allows, is refused by the UI."""
+    info = ws / "data" / "dataset_info.json"
+    info.write_text(json.dumps({"inside": {"file_name": "a.jsonl"}, "outside": {"file_name": "../../secret.jsonl"}}))
     c = TestClient(create_app(ws))
     spec = c.get("/api/schema/train").json()["sections"]
     values = {f["path"]: f["default"] for s in spec for f in s["fields"]}
     values["data.dataset_info"] = "data/dataset_info.json"
-    for name, bad in (("inside", False), ("outside", True)):
-        r = c.post(
-            "/api/validate/train", json={"name": "x", "values": {**values, "data.train": f"[{name}]"}}, headers=H
-        )
-        problems = {p: m for p, m in r.json()["problems"]}
-        assert ("data.train[0]" in problems) == bad, problems
+
+    def problems(**more) -> dict[str, str]:
+        r = c.post("/api/validate/train", json={"name": "x", "values": {**values, **more}}, headers=H)
+        return {p: m for p, m in r.json()["problems"]}
+
+    for root in (None, "."):  # the registry's folder, then the whole workspace as data.dataset_dir
+        got = problems(**{"data.train": "[inside]", "data.dataset_dir": root})
+        assert "outside.file_name" in got["data.dataset_info"] and "points outside" in got["data.dataset_info"], got
+        assert "data.train[0]" not in got, got  # the registry's problem is reported once, not per name
+    r = c.get("/api/preview", params={"file": "inside", "dataset_info": "data/dataset_info.json"})
+    assert r.status_code == 400 and "points outside" in r.json()["error"]
+
+    (ws / "data" / "link.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    info.write_text(json.dumps({"inside": {"file_name": "a.jsonl"}, "link": {"file_name": "link.jsonl"}}))
+    for name, bad in (("inside", False), ("link", True)):
+        got = problems(**{"data.train": f"[{name}]"})
+        assert "data.dataset_info" not in got, got
+        assert ("data.train[0]" in got) == bad, got
         if bad:
-            assert "outside the workspace" in problems["data.train[0]"]
-    r = c.get("/api/preview", params={"file": "outside", "dataset_info": "data/dataset_info.json"})
+            assert "outside the workspace" in got["data.train[0]"]
+    got = problems(**{"data.train": "[inside]", "data.dataset_dir": ".."})
+    assert "outside the workspace" in got["data.dataset_dir"], got
+    r = c.get("/api/preview", params={"file": "link", "dataset_info": "data/dataset_info.json"})
+    assert r.status_code == 403 and "outside the workspace" in r.json()["error"]
+    params = {"file": "inside", "dataset_info": "data/dataset_info.json", "dataset_dir": ".."}
+    r = c.get("/api/preview", params=params)
     assert r.status_code == 403 and "outside the workspace" in r.json()["error"]

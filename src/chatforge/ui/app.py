@@ -180,22 +180,28 @@ def create_app(
             value = getattr(cfg.model, key)
             if value is not None:
                 model_spec(value, f"model.{key}", problems)
-        if cfg.data.dataset_info is not None:
-            try:
-                ws.path(cfg.data.dataset_info, must_exist=True, what="dataset_info")
-            except PathError as err:
-                problems.append(("data.dataset_info", str(err)))
+        for key in ("dataset_info", "dataset_dir"):
+            value = getattr(cfg.data, key, None)
+            if value is not None:
+                try:
+                    ws.path(value, must_exist=True, what=key)
+                except PathError as err:
+                    problems.append((f"data.{key}", str(err)))
         registry: dict[str, Any] = {}
-        if cfg.data.dataset_info is not None and not any(p == "data.dataset_info" for p, _ in problems):
+        bad_registry = any(p in ("data.dataset_info", "data.dataset_dir") for p, _ in problems)
+        if cfg.data.dataset_info is not None and not bad_registry:
             from chatforge.data.llamafactory import load_dataset_info
 
+            # The loader refuses a registry with any entry outside its folder (or data.dataset_dir), as train does.
+            root = ws.path(cfg.data.dataset_dir) if cfg.data.dataset_dir is not None else None
             try:
-                registry = load_dataset_info(ws.path(cfg.data.dataset_info))
+                registry = load_dataset_info(ws.path(cfg.data.dataset_info), root=root)
             except ChatforgeError as err:
                 problems.append(("data.dataset_info", str(err)))
+                bad_registry = True
         for split in ("train", "val"):
             for i, item in enumerate(getattr(cfg.data, split)):
-                if item in registry:  # a dataset_info name: its file must lie below the workspace too
+                if item in registry:  # a dataset_info name: its file, symlinks resolved, must lie below the workspace
                     if registry[item].path is not None:
                         try:
                             ws.path(registry[item].path, what=f"dataset {item!r} file_name")
@@ -203,7 +209,8 @@ def create_app(
                             problems.append((f"data.{split}[{i}]", str(err)))
                     continue
                 try:
-                    ws.path(item, must_exist=True, what="data file")
+                    # A name that is no file may be an entry of a registry that did not load: that is reported once.
+                    ws.path(item, must_exist=not (bad_registry and cfg.data.dataset_info), what="data file")
                 except PathError as err:
                     problems.append((f"data.{split}[{i}]", str(err)))
         resume = getattr(getattr(cfg, "train", None), "resume", None)
@@ -349,6 +356,7 @@ def create_app(
         mask: str = "all_assistant",
         format: str = "auto",
         dataset_info: str | None = None,
+        dataset_dir: str | None = None,
         limit: int = 3,
     ):
         from chatforge.ui.preview import preview
@@ -359,12 +367,13 @@ def create_app(
             raise UIError(403, problems[0][1], problems)
         path = ws.path(file, must_exist=dataset_info is None, what="data file")
         info = str(ws.path(dataset_info, must_exist=True, what="dataset_info")) if dataset_info else None
+        root = str(ws.path(dataset_dir, must_exist=True, what="dataset_dir")) if info and dataset_dir else None
         spec = model if model.strip().lower() == EMBEDDED else str(ws.path(model))
         source = file if info and not path.exists() else str(path)
         if source == file:  # a dataset_info name: the file it names must lie below the workspace
             from chatforge.data.llamafactory import load_dataset_info
 
-            spec_ = load_dataset_info(info).get(file)
+            spec_ = load_dataset_info(info, root=root).get(file)
             if spec_ is None:
                 raise UIError(404, f"{file!r} is neither a file in the workspace nor a dataset in {dataset_info}")
             if spec_.path is not None:
@@ -376,6 +385,7 @@ def create_app(
             mask=mask,
             format=format,
             dataset_info=info,
+            dataset_dir=root,
             limit=max(1, min(limit, 20)),
         )
 
@@ -439,7 +449,12 @@ def create_app(
             raise UIError(422, "the config has problems", problems)
         name = data["name"].strip()
         folder = ws.job_dir("runs", name)
+        from chatforge.training.run_folder import MARKER  # here: it pulls in torch, which the page does not need
+
         folder.mkdir(parents=True)
+        # `chatforge train` writes only into an empty folder or one it made; this folder already holds the launch
+        # config and the logs, so mark it as a run folder before the child starts.
+        (folder / MARKER).touch()
         save_config(cfg, folder / "launch.yaml")
         meta = ws.launch("runs", name, ["train", f"runs/{name}/launch.yaml"], folder)
         return {"name": name, "pid": meta["pid"]}

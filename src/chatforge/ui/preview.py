@@ -52,12 +52,13 @@ def preview(
     mask: str = "all_assistant",
     format: str = "auto",
     dataset_info: str | None = None,
+    dataset_dir: str | None = None,
     limit: int = 3,
 ) -> dict[str, Any]:
     """The first `limit` records of `file` with trained spans, and token totals over those records."""
     from chatforge.data.readers import read_records
 
-    result = read_records(file, format=format, on_error="skip", dataset_info=dataset_info)
+    result = read_records(file, format=format, on_error="skip", dataset_info=dataset_info, dataset_dir=dataset_dir)
     if not result.records:
         raise ChatforgeError(f"{file}: no records to show ({result.summary()})")
     tok, name = _tokenizer(model, template)

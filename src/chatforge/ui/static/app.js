@@ -186,6 +186,7 @@ async function preview() {
     limit: "3",
   });
   if (v["data.dataset_info"]) q.set("dataset_info", v["data.dataset_info"]);
+  if (v["data.dataset_info"] && v["data.dataset_dir"]) q.set("dataset_dir", v["data.dataset_dir"]);
   $("#preview-info").textContent = "loading…";
   $("#preview").textContent = "";
   try {
