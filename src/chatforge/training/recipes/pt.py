@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from chatforge.training.batching import lm_batches
 from chatforge.training.dataset import encode_data, encode_pt, read_data
 from chatforge.training.model_setup import check_single_process, prepare_model
 from chatforge.training.objectives import TokenObjective
-from chatforge.training.recipes.sft import validation_batches
+from chatforge.training.recipes.sft import train_on_tokens
 from chatforge.training.run_folder import open_run_folder
 from chatforge.training.session import TrainResult, finished_run, run_session
 
@@ -36,17 +35,7 @@ def run(cfg) -> TrainResult:
         data = encode_data(
             raw, lambda records, stats: encode_pt(records, tm.tokenizer, max_length=cfg.data.max_length, stats=stats)
         )
-        batches = lm_batches(
-            data.train,
-            cfg.train,
-            max_length=cfg.data.max_length,
-            pad_id=tm.tokenizer.pad_token_id,
-            attention=tm.attention,
-            pad_multiple=tm.pad_multiple,
-        )
-        val_batches = validation_batches(data.val, cfg.train.eval_batch_size, tm.tokenizer.pad_token_id)
-        objective = TokenObjective(chunk_size=cfg.train.loss_chunk_size)
-        return run_session(cfg, folder, tm, data, batches, val_batches, objective)
+        return train_on_tokens(cfg, folder, tm, data)
     finally:
         folder.close()
 

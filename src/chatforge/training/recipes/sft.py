@@ -41,20 +41,25 @@ def run(cfg) -> TrainResult:
                 stats=stats,
             )
 
-        data = encode_data(raw, encode)
-        batches = lm_batches(
-            data.train,
-            cfg.train,
-            max_length=cfg.data.max_length,
-            pad_id=tm.tokenizer.pad_token_id,
-            attention=tm.attention,
-            pad_multiple=tm.pad_multiple,
-        )
-        val_batches = validation_batches(data.val, cfg.train.eval_batch_size, tm.tokenizer.pad_token_id)
-        objective = TokenObjective(chunk_size=cfg.train.loss_chunk_size)
-        return run_session(cfg, folder, tm, data, batches, val_batches, objective)
+        return train_on_tokens(cfg, folder, tm, encode_data(raw, encode))
     finally:
         folder.close()
+
+
+def train_on_tokens(cfg, folder, tm, data) -> TrainResult:
+    """The token-loss part shared by sft and pt: batches of encoded examples, padded validation, the session."""
+    pad_id = tm.tokenizer.pad_token_id
+    batches = lm_batches(
+        data.train,
+        cfg.train,
+        max_length=cfg.data.max_length,
+        pad_id=pad_id,
+        attention=tm.attention,
+        pad_multiple=tm.pad_multiple,
+    )
+    val_batches = validation_batches(data.val, cfg.train.eval_batch_size, pad_id)
+    objective = TokenObjective(chunk_size=cfg.train.loss_chunk_size)
+    return run_session(cfg, folder, tm, data, batches, val_batches, objective)
 
 
 def validation_batches(examples: list, batch_size: int, pad_id: int) -> list[dict]:
