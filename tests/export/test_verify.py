@@ -53,3 +53,20 @@ def test_bad_sums_file_and_folder_without_sums(folder, tmp_path_factory, capsys)
     empty = tmp_path_factory.mktemp("empty")
     assert cli.main(["verify", str(empty)]) == 2
     assert "no SHA256SUMS" in capsys.readouterr().err
+
+
+def test_a_killed_exports_temp_folder_is_cleaned_on_the_next_export(tmp_path):
+    import os
+    import time
+
+    from chatforge.export.merge import write_folder_atomically
+
+    stale, fresh = tmp_path / ".tmp-out-killed", tmp_path / ".tmp-out-live"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    write_folder_atomically(tmp_path / "out", lambda tmp: (tmp / "a.txt").write_text("x"))
+    assert (tmp_path / "out" / "a.txt").read_text() == "x"
+    assert not stale.exists() and fresh.exists()  # a recent one may belong to a live export

@@ -215,7 +215,11 @@ def write_folder_atomically(output: Path, fill: Callable[[Path], Any]) -> Path:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ChatforgeError(f"output {output} already exists and is not an empty folder; choose a new one")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    from chatforge.io import TMP_PREFIX, clean_leftovers
+
+    # A killed export leaves its temp sibling behind; one untouched for an hour is no live writer's: remove it.
+    clean_leftovers(output.parent, stem=output.name, older_than=3600)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{output.name}-", dir=output.parent))
     try:
         fill(tmp)
         fix_permissions(tmp)
