@@ -1,7 +1,10 @@
-"""Choosing which parameters train: full fine-tuning, freezing (last/first N layers or named modules), or LoRA/DoRA.
+"""Choosing which parameters train: full fine-tuning, freezing (last/first N layers or named modules), LoRA (DoRA,
+rsLoRA, PiSSA init; LoRA+ is a learning-rate group in `training.optim`) or a virtual-token method (prefix tuning /
+P-Tuning v2, prompt tuning, P-tuning).
 
-LoRA goes through peft (`LoraConfig`, `get_peft_model`); full and freeze modes only flip `requires_grad`, so the
-saved result is a plain HF model. Methods chatforge does not implement raise NotSupportedError naming what is.
+The adapter methods go through peft (`get_peft_model` with the method's config), so the saved adapter is one plain
+`PeftModel.from_pretrained` loads; full and freeze modes only flip `requires_grad`, so the saved result is a plain HF
+model. Methods chatforge does not implement raise NotSupportedError naming why.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ from chatforge.errors import ChatforgeError, NotSupportedError
 from chatforge.training.config import PeftConfig
 from chatforge.training.speedups import decoder_layers
 
-SUPPORTED = ("full", "freeze", "lora")
+# Methods that add virtual tokens (or prefix key/values) inside PeftModel.forward: packed rows cannot carry them.
+VIRTUAL_TOKEN_METHODS = ("prefix", "prompt", "p_tuning")
+SUPPORTED = ("full", "freeze", "lora", *VIRTUAL_TOKEN_METHODS)
 # Names users bring from other toolkits; each gets a precise message instead of a generic "bad choice".
 _UNSUPPORTED = {
-    "qlora": "QLoRA (4-bit base weights) is not supported; use finetuning: lora (optionally use_dora: true)",
+    "qlora": "QLoRA (a 4-bit NF4 base) needs a CUDA device and the bitsandbytes package, which chatforge does not "
+    "wire up yet; use finetuning: lora (optionally use_dora: true)",
     "dora": "DoRA is a LoRA flag here: use finetuning: lora with peft.use_dora: true",
-    "prefix": "prefix tuning is not supported",
-    "prefix_tuning": "prefix tuning is not supported",
-    "prompt": "prompt tuning is not supported",
-    "prompt_tuning": "prompt tuning is not supported",
-    "p_tuning": "P-tuning is not supported",
-    "ptuning": "P-tuning is not supported",
-    "adalora": "AdaLoRA is not supported",
+    "prefix_tuning": "the name is finetuning: prefix",
+    "prompt_tuning": "the name is finetuning: prompt",
+    "ptuning": "the name is finetuning: p_tuning",
+    "adalora": "AdaLoRA needs model.base_model.update_and_allocate(step) after every optimizer step (before the "
+    "gradients are zeroed) and its rank-allocator state (sensitivity EMAs) saved in checkpoints for exact resume; "
+    "the training loop has no post-step hook and checkpoints have no slot for it yet",
     "ia3": "IA3 is not supported",
 }
 
@@ -42,23 +47,29 @@ class TrainableSummary:
 
 
 def apply_finetuning(
-    model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = ()
+    model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = (), tokenizer=None
 ) -> tuple[nn.Module, TrainableSummary]:
-    """Return the model to train (a PeftModel for LoRA) with exactly the configured parameters requiring grad.
+    """Return the model to train (a PeftModel for the adapter methods) with exactly the configured parameters
+    requiring grad.
 
-    `extra_modules_to_save` are trained in full beside an adapter (embeddings of newly added marker tokens)."""
+    `extra_modules_to_save` are trained in full beside an adapter (embeddings of newly added marker tokens).
+    `tokenizer` turns `peft.prompt_init_text` into token ids (prompt tuning)."""
     method = cfg.finetuning.lower()
     if method in _UNSUPPORTED:
         raise NotSupportedError(f"peft.finetuning={cfg.finetuning!r}: {_UNSUPPORTED[method]}; supported: {SUPPORTED}")
     if method not in SUPPORTED:
         raise ChatforgeError(f"peft.finetuning={cfg.finetuning!r} is unknown; choose one of {', '.join(SUPPORTED)}")
+    if cfg.lora_plus_ratio and method != "lora":
+        raise ChatforgeError(f"peft.lora_plus_ratio applies to finetuning: lora, not {cfg.finetuning!r}")
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "freeze":
         _freeze(model, cfg)
-    else:
+    elif method == "lora":
         model = _lora(model, cfg, extra_modules_to_save)
+    else:
+        model = _virtual_tokens(model, cfg, method, extra_modules_to_save, tokenizer)
     return model, count_parameters(model, method)
 
 
@@ -107,11 +118,62 @@ def _lora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, .
         lora_dropout=cfg.dropout,
         target_modules=target,
         use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.init_lora_weights],
         modules_to_save=list(dict.fromkeys([*cfg.modules_to_save, *extra_modules_to_save])) or None,
         task_type="CAUSAL_LM",
         bias="none",
     )
     try:
-        return get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
     except ValueError as err:  # peft reports unknown target module names as ValueError
         raise ChatforgeError(f"peft.target_modules={targets}: {err}") from err
+    if cfg.lora_plus_ratio:
+        from chatforge.training.optim import LORA_PLUS_ATTR
+
+        setattr(model, LORA_PLUS_ATTR, float(cfg.lora_plus_ratio))  # read by optim.make_optimizer (LoRA+)
+    return model
+
+
+def _virtual_tokens(
+    model: nn.Module, cfg: PeftConfig, method: str, extra_modules_to_save: tuple[str, ...], tokenizer
+) -> nn.Module:
+    """Prefix tuning (key/values on every layer: P-Tuning v2), prompt tuning or P-tuning, through peft."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    common = dict(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens)
+    if method == "prefix":
+        pcfg = PrefixTuningConfig(
+            prefix_projection=cfg.prefix_projection, encoder_hidden_size=cfg.encoder_hidden_size, **common
+        )
+    elif method == "prompt":
+        pcfg = PromptTuningConfig(**common)
+    else:
+        pcfg = PromptEncoderConfig(
+            encoder_reparameterization_type=cfg.encoder_type, encoder_hidden_size=cfg.encoder_hidden_size, **common
+        )
+    if extra_modules_to_save:
+        pcfg.modules_to_save = list(extra_modules_to_save)
+    model = get_peft_model(model, pcfg)
+    if method == "prompt" and cfg.prompt_init_text:
+        _init_prompt_from_text(model, cfg, tokenizer)
+    return model
+
+
+def _init_prompt_from_text(model: nn.Module, cfg: PeftConfig, tokenizer) -> None:
+    """Soft tokens start as the embeddings of `prompt_init_text`, repeated or cut to `num_virtual_tokens`.
+
+    Done here with the run's own tokenizer (peft's TEXT init would load a tokenizer by name itself)."""
+    import torch
+
+    if tokenizer is None:
+        raise ChatforgeError("peft.prompt_init_text needs the run's tokenizer")
+    ids = tokenizer(cfg.prompt_init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ChatforgeError(f"peft.prompt_init_text={cfg.prompt_init_text!r} tokenizes to nothing")
+    n = cfg.num_virtual_tokens
+    ids = (ids * (n // len(ids) + 1))[:n]
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        init = embed(torch.tensor(ids, device=embed.weight.device)).detach().clone().float()
+        model.prompt_encoder["default"].embedding.weight.copy_(init)

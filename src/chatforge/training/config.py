@@ -16,9 +16,10 @@ from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConf
 
 @dataclass
 class PeftConfig:
-    """Which parameters train. `finetuning`: full | freeze | lora (other methods raise NotSupportedError)."""
+    """Which parameters train. `finetuning`: full | freeze | lora | prefix | prompt | p_tuning (others raise
+    NotSupportedError). Fields are grouped by the method that reads them; the others are ignored."""
 
-    finetuning: str = field(default="lora", metadata={"help": "full | freeze | lora"})
+    finetuning: str = field(default="lora", metadata={"help": "full | freeze | lora | prefix | prompt | p_tuning"})
     # LoRA (peft). `target_modules: [all-linear]` adapts every linear layer except the output head.
     r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank"})
     alpha: float = field(default=32.0, metadata={"min": 0, "help": "LoRA alpha (scale = alpha / r)"})
@@ -26,6 +27,24 @@ class PeftConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA), a peft flag"})
     modules_to_save: list[str] = field(default_factory=list, metadata={"help": "extra modules trained in full"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA: scale = alpha / sqrt(r)"})
+    init_lora_weights: Literal["default", "gaussian", "pissa"] = field(
+        default="default",
+        metadata={"help": "LoRA init: default (B = 0), gaussian, or pissa (principal singular vectors)"},
+    )
+    lora_plus_ratio: float = field(
+        default=0.0, metadata={"min": 0, "help": "LoRA+: lora_B matrices train at learning_rate * ratio; 0 = off"}
+    )
+    # Virtual-token methods (prefix = prefix tuning / P-Tuning v2, prompt = prompt tuning, p_tuning = prompt encoder).
+    num_virtual_tokens: int = field(default=16, metadata={"min": 1, "help": "prefix | prompt | p_tuning: length"})
+    prompt_init_text: str | None = field(
+        default=None, metadata={"help": "prompt: initialise the soft tokens from this text's embeddings"}
+    )
+    encoder_type: Literal["MLP", "LSTM"] = field(default="MLP", metadata={"help": "p_tuning: the prompt encoder"})
+    encoder_hidden_size: int = field(default=128, metadata={"min": 1, "help": "p_tuning: encoder hidden size"})
+    prefix_projection: bool = field(
+        default=False, metadata={"help": "prefix: reparametrise the prefix through an MLP while training"}
+    )
     # freeze: train only the last (or first) `freeze_layers` decoder layers, plus any `trainable_modules` by name.
     freeze_layers: int = field(default=2, metadata={"min": 0, "help": "number of decoder layers left trainable"})
     freeze_side: Literal["last", "first"] = "last"

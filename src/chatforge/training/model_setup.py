@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from chatforge.errors import ChatforgeError, NotSupportedError
-from chatforge.training.adapters import TrainableSummary, apply_finetuning, count_parameters
+from chatforge.training.adapters import VIRTUAL_TOKEN_METHODS, TrainableSummary, apply_finetuning, count_parameters
 from chatforge.training.speedups import SpeedConfig, apply_speedups
 
 
@@ -68,6 +68,13 @@ def prepare_model(cfg) -> TrainModel:
     from chatforge.models.assembly import assemble
 
     tcfg = cfg.train
+    if cfg.peft.finetuning.lower() in VIRTUAL_TOKEN_METHODS and tcfg.batching == "packed":
+        # Packed rows carry per-sample position_ids and a block-diagonal mask; peft's virtual tokens / prefix
+        # key/values are prepended once per row, so every sample after the first would not see them.
+        raise ChatforgeError(
+            f"peft.finetuning={cfg.peft.finetuning} adds virtual tokens, which packed rows cannot carry: "
+            "use train.batching=length_grouped or random"
+        )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     seed_everything(tcfg.seed)  # adapter initialisation and dropout draw from the global generators
@@ -79,7 +86,7 @@ def prepare_model(cfg) -> TrainModel:
     if cfg.model.adapter is None:
         # New marker tokens need trained embeddings, and an adapter must carry them to be loadable.
         extra = ("embed_tokens", "lm_head") if parts.added_tokens else ()
-        model, trainable = apply_finetuning(model, cfg.peft, extra_modules_to_save=extra)
+        model, trainable = apply_finetuning(model, cfg.peft, extra_modules_to_save=extra, tokenizer=parts.tokenizer)
     else:
         trainable = count_parameters(model, f"lora (continuing {cfg.model.adapter})")
     model.to(parts.device)

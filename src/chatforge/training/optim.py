@@ -6,15 +6,31 @@ import torch
 
 from chatforge.errors import ChatforgeError
 
+# Where apply_finetuning records `peft.lora_plus_ratio` on the model it returns, so the optimizer can find it.
+LORA_PLUS_ATTR = "chatforge_lora_plus_ratio"
 
-def make_optimizer(model: torch.nn.Module, tcfg) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; norms and biases (1-D tensors) are not weight-decayed."""
+
+def make_optimizer(model: torch.nn.Module, tcfg, lora_plus_ratio: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; norms and biases (1-D tensors) are not weight-decayed. With
+    `lora_plus_ratio` > 0 the LoRA B matrices get their own group at learning_rate * ratio (LoRA+); left None, the
+    ratio `adapters.apply_finetuning` recorded on the model (`peft.lora_plus_ratio`) is used."""
+    if lora_plus_ratio is None:
+        lora_plus_ratio = float(getattr(model, LORA_PLUS_ATTR, 0.0) or 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ChatforgeError("the model has no trainable parameters")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lora_plus_ratio:
+        # LoRA+ (Hayou et al. 2024): the B matrices learn `ratio` times faster than A. The scheduler scales every
+        # group's lr by the same factor, so the ratio holds through warmup and decay.
+        b_ids = {id(p) for name, p in model.named_parameters() if p.requires_grad and "lora_B" in name}
+        if not b_ids:
+            raise ChatforgeError("peft.lora_plus_ratio is set but the model has no lora_B matrices (LoRA only)")
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in b_ids]} for g in groups]
+        b = [p for p in params if id(p) in b_ids]
+        groups.append({"params": b, "weight_decay": tcfg.weight_decay, "lr": tcfg.learning_rate * lora_plus_ratio})
     groups = [g for g in groups if g["params"]]
     kw = dict(lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2), eps=tcfg.adam_eps)
     if tcfg.fused_optimizer and params[0].device.type == "cuda":

@@ -1,0 +1,146 @@
+"""The virtual-token methods (prefix tuning / P-Tuning v2, prompt tuning, P-tuning) and the LoRA options (rsLoRA,
+PiSSA, LoRA+) on the tiny model: the loss falls, the saved adapter reloads with plain peft to the same logits and
+greedy generation, a resumed run equals an uninterrupted one, and the refusals say why."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from train_helpers import losses, run_config, tiny_model_dir
+
+from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.training import session, train
+
+VIRTUAL = ["prefix", "prompt", "p_tuning"]
+METHOD_ARGS = {
+    "prefix": ["peft.finetuning=prefix"],
+    "prompt": ["peft.finetuning=prompt", "peft.prompt_init_text=reverse the words"],
+    "p_tuning": ["peft.finetuning=p_tuning", "peft.encoder_type=LSTM", "peft.encoder_hidden_size=32"],
+    "pissa": ["peft.init_lora_weights=pissa", "peft.use_rslora=true"],
+}
+SETTINGS = ["peft.num_virtual_tokens=4", "train.learning_rate=3e-2", "train.max_steps=20", "train.save_every=8"]
+TOL = 1e-6
+PROBE = torch.tensor([[5, 17, 33, 2, 9, 41, 12, 7]])
+
+
+def _probe(model) -> dict:
+    """Logits and a greedy continuation of PROBE from the model as training leaves it."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=PROBE, attention_mask=torch.ones_like(PROBE)).logits[:, -PROBE.shape[1] :]
+        gen = model.generate(
+            input_ids=PROBE, attention_mask=torch.ones_like(PROBE), max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+    return {"logits": logits.float(), "generated": gen[:, PROBE.shape[1] :]}
+
+
+@pytest.fixture(scope="module", params=[*VIRTUAL, "pissa"])
+def trained(request, tmp_path_factory):
+    """One 20-step run per method, probing the in-process model right before the final save."""
+    method = request.param
+    tmp = tmp_path_factory.mktemp(method)
+    seen = {}
+    real_save = session.save_final
+
+    def save_and_probe(out, model, *args, **kwargs):
+        seen.update(_probe(model))
+        model.train()
+        return real_save(out, model, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(session, "save_final", save_and_probe)
+    try:
+        out = train(run_config(tmp, *METHOD_ARGS[method], *SETTINGS)).output_dir
+    finally:
+        mp.undo()
+    return method, tmp, out, seen
+
+
+def test_loss_goes_down(trained):
+    method, _, out, _ = trained
+    got = losses(out)
+    assert sorted(got) == list(range(1, 21))
+    first, last = sum(got[s] for s in (1, 2, 3)) / 3, sum(got[s] for s in (18, 19, 20)) / 3
+    assert last < first - 0.02, (method, first, last)
+
+
+def test_saved_adapter_reloads_with_plain_peft(trained):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    method, tmp, out, seen = trained
+    config = json.loads((out / "adapter_config.json").read_text())
+    want_type = {"prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING", "p_tuning": "P_TUNING", "pissa": "LORA"}
+    assert config["peft_type"] == want_type[method]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(out))
+    got = _probe(model)
+    torch.testing.assert_close(got["logits"], seen["logits"], rtol=0, atol=1e-5)
+    assert torch.equal(got["generated"], seen["generated"])
+
+
+def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
+    method, tmp, out, _ = trained
+    dest = tmp_path / "resumed"
+    shutil.copytree(out, dest)
+    for ckpt in (dest / "checkpoints").iterdir():
+        if ckpt.name != "step-000008":
+            shutil.rmtree(ckpt)
+    (dest / "summary.json").unlink()
+    resume_cfg = run_config(tmp, *METHOD_ARGS[method], *SETTINGS, "train.resume=auto", f"output.dir={dest}")
+    if method in VIRTUAL:
+        # checkpoint.restore_model does not handle prompt learning yet: peft reports `prompt_embeddings` as an
+        # unexpected key (it loads it itself), and peft's adapter file holds the prompt encoder's output, not the
+        # MLP/LSTM (or prefix projection) a resume needs. The fix belongs in checkpoint.py (the lead's); once it is
+        # in, delete this branch and the rest of the test checks these methods too (verified with the fix applied).
+        with pytest.raises(ChatforgeError, match="adapter does not match the model"):
+            train(resume_cfg)
+        pytest.xfail("resume of prompt-learning adapters needs checkpoint.py to save/restore the prompt encoder")
+    result = train(resume_cfg)
+    assert result.summary["resumed_from"].endswith("step-000008")
+    want, got = losses(out), losses(dest)
+    assert sorted(got) == list(range(1, 21))
+    assert max(abs(want[k] - got[k]) for k in want) < TOL
+
+
+@pytest.mark.parametrize("method", VIRTUAL)
+def test_packed_batching_is_refused(method, tmp_path):
+    with pytest.raises(ChatforgeError, match="virtual tokens.*packed"):
+        train(run_config(tmp_path, *METHOD_ARGS[method], "train.batching=packed", "train.max_steps=1"))
+
+
+def test_rslora_scaling_and_lora_plus_groups(tmp_path):
+    from chatforge.models.tiny import tiny_llama
+    from chatforge.training.adapters import apply_finetuning
+    from chatforge.training.config import PeftConfig
+    from chatforge.training.optim import make_optimizer
+
+    cfg = PeftConfig(r=4, alpha=8, use_rslora=True, lora_plus_ratio=16.0)
+    model, _ = apply_finetuning(tiny_llama(300), cfg)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert math.isclose(layer.scaling["default"], 8 / math.sqrt(4))
+    tcfg = run_config(tmp_path).train
+    opt = make_optimizer(model, tcfg)
+    b_ids = {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    by_lr = {}
+    for g in opt.param_groups:
+        by_lr.setdefault(g["lr"], set()).update(id(p) for p in g["params"])
+    assert by_lr[tcfg.learning_rate * 16] == b_ids
+    assert not (by_lr[tcfg.learning_rate] & b_ids) and by_lr[tcfg.learning_rate]
+    with pytest.raises(ChatforgeError, match="lora_plus_ratio"):
+        apply_finetuning(tiny_llama(300), PeftConfig(finetuning="prefix", lora_plus_ratio=2.0))
+
+
+@pytest.mark.parametrize("method", ["adalora", "qlora"])
+def test_unwired_methods_say_why(method, tmp_path):
+    from chatforge.models.tiny import tiny_llama
+    from chatforge.training.adapters import apply_finetuning
+    from chatforge.training.config import PeftConfig
+
+    reason = {"adalora": "update_and_allocate", "qlora": "CUDA device and the bitsandbytes"}[method]
+    with pytest.raises(NotSupportedError, match=reason):
+        apply_finetuning(tiny_llama(300), PeftConfig(finetuning=method))
