@@ -20,9 +20,10 @@ METHOD_ARGS = {
     "prefix": ["peft.finetuning=prefix"],
     "prompt": ["peft.finetuning=prompt", "peft.prompt_init_text=reverse the words"],
     "p_tuning": ["peft.finetuning=p_tuning", "peft.encoder_type=LSTM", "peft.encoder_hidden_size=32"],
-    "pissa": ["peft.init_lora_weights=pissa", "peft.use_rslora=true"],
+    "pissa": ["peft.init_lora_weights=pissa", "peft.use_rslora=true", "peft.lora_plus_ratio=4"],
 }
 SETTINGS = ["peft.num_virtual_tokens=4", "train.learning_rate=3e-2", "train.max_steps=20", "train.save_every=8"]
+LR = 3e-2
 TOL = 1e-6
 PROBE = torch.tensor([[5, 17, 33, 2, 9, 41, 12, 7]])
 
@@ -149,3 +150,30 @@ def test_unwired_methods_say_why(method, tmp_path):
     reason = {"adalora": "update_and_allocate", "qlora": "CUDA device and the bitsandbytes"}[method]
     with pytest.raises(NotSupportedError, match=reason):
         apply_finetuning(tiny_llama(300), PeftConfig(finetuning=method))
+
+
+def test_lora_plus_group_in_a_real_run(trained):
+    """The run's own optimizer (checkpointed) holds the B matrices in a group at learning_rate * lora_plus_ratio."""
+    method, _, out, _ = trained
+    if method != "pissa":
+        pytest.skip("LoRA+ rides on the LoRA row")
+    opt = torch.load(out / "checkpoints" / "step-000008" / "optimizer.pt", weights_only=True)
+    base_lrs = sorted({g["initial_lr"] for g in opt["param_groups"]})
+    assert base_lrs == [pytest.approx(LR), pytest.approx(4 * LR)]
+
+
+def test_prompt_init_text_sets_the_soft_tokens():
+    from chatforge.models.tiny import tiny_llama, tiny_tokenizer
+    from chatforge.training.adapters import apply_finetuning
+    from chatforge.training.config import PeftConfig
+
+    tok = tiny_tokenizer()
+    base = tiny_llama(len(tok))
+    cfg = PeftConfig(finetuning="prompt", num_virtual_tokens=5, prompt_init_text="hello world")
+    model, summary = apply_finetuning(base, cfg, tokenizer=tok)
+    ids = tok("hello world", add_special_tokens=False)["input_ids"]
+    want = base.get_input_embeddings().weight[(ids * 5)[:5]]
+    torch.testing.assert_close(model.prompt_encoder["default"].embedding.weight, want)
+    assert summary.trainable == 5 * base.config.hidden_size
+    with pytest.raises(ChatforgeError, match="tokenizes to nothing"):
+        apply_finetuning(tiny_llama(len(tok)), PeftConfig(finetuning="prompt", prompt_init_text=""), tokenizer=tok)

@@ -155,7 +155,7 @@ def _virtual_tokens(
     if extra_modules_to_save:
         pcfg.modules_to_save = list(extra_modules_to_save)
     model = get_peft_model(model, pcfg)
-    if method == "prompt" and cfg.prompt_init_text:
+    if method == "prompt" and cfg.prompt_init_text is not None:
         _init_prompt_from_text(model, cfg, tokenizer)
     return model
 
