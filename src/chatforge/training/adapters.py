@@ -128,10 +128,6 @@ def _lora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, .
         model = get_peft_model(model, lora)
     except ValueError as err:  # peft reports unknown target module names as ValueError
         raise ChatforgeError(f"peft.target_modules={targets}: {err}") from err
-    if cfg.lora_plus_ratio:
-        from chatforge.training.optim import LORA_PLUS_ATTR
-
-        setattr(model, LORA_PLUS_ATTR, float(cfg.lora_plus_ratio))  # read by optim.make_optimizer (LoRA+)
     return model
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from chatforge.errors import ChatforgeError
 
@@ -112,6 +112,8 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
+    if _is_prompt_learning(model):  # peft saves only the encoder's output; resuming needs the encoder (MLP/LSTM)
+        save_file(model.prompt_encoder.state_dict(), tmp / "model" / "prompt_encoder.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng_small, rng_tensors = _rng_state()
@@ -147,6 +149,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, json.loads((path / "state.json").read_text()))
 
 
+def _is_prompt_learning(model) -> bool:
+    return hasattr(model, "peft_config") and model.active_peft_config.is_prompt_learning
+
+
 def restore_model(ckpt: Checkpoint, model) -> None:
     """Load the trainable weights saved in the checkpoint into `model` (adapter for PEFT models, else all)."""
     mdir = ckpt.path / "model"
@@ -155,8 +161,12 @@ def restore_model(ckpt: Checkpoint, model) -> None:
 
         weights = load_file(mdir / "adapter_model.safetensors")
         result = set_peft_model_state_dict(model, weights)
-        if getattr(result, "unexpected_keys", None):
-            raise ChatforgeError(f"{mdir}: adapter does not match the model: {result.unexpected_keys[:5]}")
+        unexpected = list(getattr(result, "unexpected_keys", None) or [])
+        if _is_prompt_learning(model):  # peft loads prompt_embeddings itself, after reporting it as unexpected
+            unexpected = [k for k in unexpected if k != "prompt_embeddings"]
+            model.prompt_encoder.load_state_dict(load_file(mdir / "prompt_encoder.safetensors"))
+        if unexpected:
+            raise ChatforgeError(f"{mdir}: adapter does not match the model: {unexpected[:5]}")
         return
     state: dict[str, torch.Tensor] = {}
     for f in sorted(mdir.glob("*.safetensors")):

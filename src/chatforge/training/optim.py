@@ -6,16 +6,11 @@ import torch
 
 from chatforge.errors import ChatforgeError
 
-# Where apply_finetuning records `peft.lora_plus_ratio` on the model it returns, so the optimizer can find it.
-LORA_PLUS_ATTR = "chatforge_lora_plus_ratio"
 
-
-def make_optimizer(model: torch.nn.Module, tcfg, lora_plus_ratio: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, tcfg, lora_plus_ratio: float = 0.0) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; norms and biases (1-D tensors) are not weight-decayed. With
-    `lora_plus_ratio` > 0 the LoRA B matrices get their own group at learning_rate * ratio (LoRA+); left None, the
-    ratio `adapters.apply_finetuning` recorded on the model (`peft.lora_plus_ratio`) is used."""
-    if lora_plus_ratio is None:
-        lora_plus_ratio = float(getattr(model, LORA_PLUS_ATTR, 0.0) or 0.0)
+    `lora_plus_ratio` > 0 (`peft.lora_plus_ratio`) the LoRA B matrices get their own group at learning_rate * ratio
+    (LoRA+)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ChatforgeError("the model has no trainable parameters")

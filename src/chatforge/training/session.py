@@ -51,7 +51,7 @@ def run_session(
     tcfg, out = cfg.train, folder.path
     save_config(cfg, out / "config.yaml")
     total_steps = total_steps_for(tcfg, len(batches.units))
-    optimizer = make_optimizer(tm.model, tcfg)
+    optimizer = make_optimizer(tm.model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)
     state = TrainState(
         plan=dict(
