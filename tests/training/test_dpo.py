@@ -197,3 +197,23 @@ def test_conversations_are_refused_with_the_record(tmp_path):
         train(run_config(tmp_path, "train.stage=dpo", data=chat))
     with pytest.raises(ChatforgeError, match="packed"):
         train(_dpo_config(tmp_path, "train.batching=packed"))
+
+
+def test_long_pairs_keep_the_prompt_end_and_the_reply_start(tiny_tok):
+    long_prompt = "answer: " + " ".join(["fox"] * 80) + " capital"
+    pair = _pair(long_prompt, " ".join(["Paris"] * 30), "Berlin")
+    stats = Counter()
+    (enc,) = encode_preferences([pair], tiny_tok, "chatml", mask="all_assistant", max_length=48, stats=stats)
+    (c_ids, c_lab), (r_ids, r_lab) = enc.chosen, enc.rejected
+    assert len(c_ids) == 48 and len(r_ids) <= 48 and sum(stats.values()) == 1
+    full = encode_preferences([pair], tiny_tok, "chatml", mask="all_assistant", max_length=4096, stats=Counter())[0]
+    k_c = next(i for i, t in enumerate(c_lab) if t != -100)
+    k_r = next(i for i, t in enumerate(r_lab) if t != -100)
+    assert k_c == k_r == 24  # the reply keeps half the budget; both sides share the prompt's last 24 tokens
+    assert (
+        c_ids[:k_c]
+        == r_ids[:k_r]
+        == full.chosen[0][next(i for i, t in enumerate(full.chosen[1]) if t != -100) - 24 :][:24]
+    )
+    assert "capital" in tiny_tok.decode(c_ids[:k_c])
+    assert r_lab[k_r:] == full.rejected[1][-len(r_lab[k_r:]) :]  # the short reply is whole

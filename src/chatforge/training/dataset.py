@@ -212,13 +212,26 @@ def encode_preferences(
         for reply in (rec.chosen, rec.rejected):
             conv = Conversation([*prompt, replace(reply, train=None)], tools=rec.prompt.tools, meta=rec.prompt.meta)
             enc = encode_conversation(conv, tokenizer, template, mask)
-            ids, labels = list(enc.input_ids), list(enc.labels())
-            if len(ids) > max_length:
-                stats["pair sequences truncated to max_length"] += 1
-                ids, labels = ids[:max_length], labels[:max_length]
-            sides.append((ids, labels))
+            sides.append((list(enc.input_ids), list(enc.labels())))
+        if any(len(ids) > max_length for ids, _ in sides):
+            stats["pairs truncated to max_length (prompt cut from the left, reply from the right)"] += 1
+            sides = _truncate_pair(sides, max_length)
         if any(all(t == IGNORE for t in lab[1:]) for _, lab in sides):
             stats["pairs dropped: a reply has no trained tokens (prompt fills max_length?)"] += 1
             continue
         out.append(PairExample(*sides))
+    return out
+
+
+def _truncate_pair(sides: list[Example], max_length: int) -> list[Example]:
+    """Fit both sequences of a pair into `max_length`: each reply keeps at least half of it (or all of itself), the
+    prompt keeps its end (the question and the assistant header) with one budget for both sides."""
+    split = [next((k for k, t in enumerate(lab) if t != IGNORE), len(lab)) for _, lab in sides]
+    reply_len = [len(ids) - k for (ids, _), k in zip(sides, split)]
+    keep_reply = [min(n, max(max_length - k, max_length // 2)) for n, k in zip(reply_len, split)]
+    prompt_budget = max_length - max(keep_reply)
+    out: list[Example] = []
+    for (ids, lab), k, r in zip(sides, split, keep_reply):
+        start = max(0, k - prompt_budget)
+        out.append((ids[start : k + r], lab[start : k + r]))
     return out
