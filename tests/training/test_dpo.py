@@ -137,9 +137,12 @@ def _dpo_config(tmp: Path, *overrides: str):
     [
         ["dpo.loss=sigmoid", "dpo.beta=0.5"],
         ["dpo.loss=simpo", "dpo.beta=2.0"],
+        ["dpo.loss=orpo", "dpo.beta=0.5"],
+        ["dpo.loss=hinge", "dpo.beta=0.5"],
+        ["dpo.loss=ipo", "dpo.beta=0.5"],
         ["dpo.loss=sigmoid", "dpo.beta=0.5", "peft.finetuning=full", "train.learning_rate=3e-4"],
     ],
-    ids=["lora-sigmoid", "lora-simpo", "full-sigmoid"],
+    ids=["lora-sigmoid", "lora-simpo", "lora-orpo", "lora-hinge", "lora-ipo", "full-sigmoid"],
 )
 def test_a_short_dpo_run_learns_a_held_out_preference(tmp_path, settings):
     cfg = _dpo_config(
