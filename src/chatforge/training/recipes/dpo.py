@@ -16,7 +16,11 @@ What it does, and the keys that steer each part:
 
 from __future__ import annotations
 
-from chatforge.errors import NotSupportedError
+from collections import Counter
+
+import torch
+
+from chatforge.errors import ChatforgeError, NotSupportedError
 from chatforge.training.batching import Batches
 from chatforge.training.dataset import PairData, PairExample, encode_preferences, read_data
 from chatforge.training.model_setup import check_single_process, prepare_model
@@ -36,8 +40,6 @@ def run(cfg) -> TrainResult:
             return finished_run(folder)
         raw = read_data(cfg)  # before the model loads: a bad record fails in seconds
         tm = prepare_model(cfg)
-        from collections import Counter
-
         stats = Counter(raw.stats)
 
         def encode(records):
@@ -52,8 +54,6 @@ def run(cfg) -> TrainResult:
 
         train, val = encode(raw.train), encode(raw.val)
         if not train:
-            from chatforge.errors import ChatforgeError
-
             raise ChatforgeError(f"data.train: no usable preference pairs ({dict(stats) or 'files are empty'})")
         data = PairData(train, val, stats)
         objective = PreferenceObjective(
@@ -99,8 +99,6 @@ def _chunks(order: list[int], n: int) -> list[list[int]]:
 
 def batches_for(pairs: list[PairExample], idx: list[int], pad_id: int, pad_multiple: int, ref=None) -> dict:
     """A padded batch of 2*len(idx) rows: the chosen sequences, then the rejected ones (+ reference log-probs)."""
-    import torch
-
     rows = [pairs[i].chosen for i in idx] + [pairs[i].rejected for i in idx]
     batch = pad_batch(rows, pad_id, pad_to_multiple_of=pad_multiple)
     if ref is not None:
