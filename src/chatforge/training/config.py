@@ -57,7 +57,7 @@ class PeftConfig:
 class TrainConfig:
     """The optimisation loop. Steps are optimizer steps (one step = `grad_accum` micro-batches)."""
 
-    stage: Literal["sft", "pt"] = "sft"
+    stage: Literal["sft", "pt", "dpo"] = "sft"
     epochs: float = field(default=1.0, metadata={"min": 0})
     max_steps: int | None = field(default=None, metadata={"min": 1, "help": "overrides epochs when set"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences (or packed rows) per micro-batch"})
@@ -115,6 +115,26 @@ class TrainConfig:
 
 
 @dataclass
+class DpoConfig:
+    """`train.stage: dpo`: the preference loss on chosen/rejected pairs (see `training.preference`)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo"] = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO) | ipo | hinge (SLiC) | orpo | simpo"}
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "gt": 0,
+            "help": "DPO/IPO/hinge temperature; ORPO: weight of the odds-ratio term; SimPO: reward scale",
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"min": 0, "max": 0.5, "help": "sigmoid and simpo: assumed share of flipped labels"}
+    )
+    simpo_gamma: float = field(default=0.5, metadata={"min": 0, "help": "SimPO target reward margin"})
+
+
+@dataclass
 class TrainRunConfig:
     """Everything one `chatforge train` run needs."""
 
@@ -123,6 +143,7 @@ class TrainRunConfig:
     template: TemplateConfig = field(default_factory=TemplateConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

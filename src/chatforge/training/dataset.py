@@ -165,3 +165,73 @@ def encode_data(raw: RawData, encode: Callable[[list, Counter], list[Example]]) 
     if not train:
         raise ChatforgeError(f"data.train: no usable training examples ({dict(stats) or 'files are empty'})")
     return TrainData(train, val, stats)
+
+
+@dataclass
+class PairExample:
+    """One preference pair as two encoded sequences sharing the prompt; labels only on the reply's tokens."""
+
+    chosen: Example
+    rejected: Example
+
+
+@dataclass
+class PairData(TrainData):
+    """TrainData whose examples are `PairExample`s (stage dpo)."""
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for pair in self.train:
+            for ids, labels in (pair.chosen, pair.rejected):
+                h.update(np.asarray(ids, dtype=np.int64).tobytes())
+                h.update(np.asarray(labels, dtype=np.int64).tobytes())
+                h.update(b"|")
+        return h.hexdigest()[:16]
+
+
+def encode_preferences(
+    records: list, tokenizer, template, *, mask: str, max_length: int, stats: Counter
+) -> list[PairExample]:
+    """Encode preference pairs: prompt + chosen and prompt + rejected through the SFT template and mask, with every
+    prompt message marked untrained, so only the reply's tokens count. A reply cut away entirely by `max_length`
+    (the prompt alone fills it) drops the pair, counted."""
+    from dataclasses import replace
+
+    from chatforge.data.schema import PreferencePair
+    from chatforge.templates import encode_conversation
+
+    out: list[PairExample] = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, PreferencePair):
+            source = getattr(rec, "meta", {}).get("file")
+            raise DataError(
+                f"stage dpo needs preference pairs (chosen/rejected), got {type(rec).__name__}", file=source, record=i
+            )
+        prompt = [replace(m, train=False) for m in rec.prompt.messages]
+        sides = []
+        for reply in (rec.chosen, rec.rejected):
+            conv = Conversation([*prompt, replace(reply, train=None)], tools=rec.prompt.tools, meta=rec.prompt.meta)
+            enc = encode_conversation(conv, tokenizer, template, mask)
+            sides.append((list(enc.input_ids), list(enc.labels())))
+        if any(len(ids) > max_length for ids, _ in sides):
+            stats["pairs truncated to max_length (prompt cut from the left, reply from the right)"] += 1
+            sides = _truncate_pair(sides, max_length)
+        if any(all(t == IGNORE for t in lab[1:]) for _, lab in sides):
+            stats["pairs dropped: a reply has no trained tokens (prompt fills max_length?)"] += 1
+            continue
+        out.append(PairExample(*sides))
+    return out
+
+
+def _truncate_pair(sides: list[Example], max_length: int) -> list[Example]:
+    """Fit both sequences of a pair into `max_length`: each reply keeps at least half of it (or all of itself), the
+    prompt keeps its end (the question and the assistant header) with one budget for both sides."""
+    split = [next((k for k, t in enumerate(lab) if t != IGNORE), len(lab)) for _, lab in sides]
+    reply_len = [len(ids) - k for (ids, _), k in zip(sides, split)]
+    keep_reply = [min(n, max(max_length - k, max_length // 2)) for n, k in zip(reply_len, split)]
+    prompt_budget = max_length - max(keep_reply)
+    out: list[Example] = []
+    for (ids, lab), k, r in zip(sides, split, keep_reply):
+        start = max(0, k - prompt_budget)
+        out.append((ids[start : k + r], lab[start : k + r]))
+    return out

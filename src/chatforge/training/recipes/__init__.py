@@ -5,9 +5,9 @@ RECIPES maps a stage name to its `run(cfg) -> TrainResult`; `train(cfg)` dispatc
 
 from __future__ import annotations
 
-from chatforge.training.recipes import pt, sft
+from chatforge.training.recipes import dpo, pt, sft
 
-RECIPES = {"sft": sft.run, "pt": pt.run}
+RECIPES = {"sft": sft.run, "pt": pt.run, "dpo": dpo.run}
 
 
 def train(cfg):
