@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from export_helpers import make_base
-from gguf import GGMLQuantizationType, GGUFReader, TokenType
+
+pytest.importorskip("gguf", reason="the gguf package is not installed")
+import torch  # noqa: E402
+from export_helpers import make_base  # noqa: E402
+from gguf import GGMLQuantizationType, GGUFReader, TokenType  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chatforge.errors import NotSupportedError
