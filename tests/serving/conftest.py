@@ -13,12 +13,9 @@ tokens and exercise the streaming hold-back.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import torch
+from live_server import free_port, serve_in_thread  # noqa: F401  (re-exported to the tests)
 
 from chatforge.data.schema import Conversation, Message
 from chatforge.models.tiny import tiny_llama, tiny_tokenizer
@@ -127,32 +124,3 @@ def frag_model():
 
 
 LOCAL = "http://127.0.0.1:8000"  # TestClient base URL: the Host header the server accepts when bound to loopback
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve_in_thread(app) -> Iterator[str]:
-    """Run a FastAPI app under a real uvicorn server on a free loopback port; yields its base URL."""
-    import threading
-
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from live_server import free_port, serve_in_thread  # noqa: F401  (re-exported to the tests)
 
 from chatforge.models.tiny import tiny_llama, tiny_tokenizer
 
@@ -37,27 +34,3 @@ def make_workspace(root: Path) -> Path:
             }
             fh.write(json.dumps(conv) + "\n")
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve_in_thread(app) -> Iterator[str]:
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
