@@ -368,7 +368,7 @@ def token_shards(work: Path, tokens_needed: int) -> Path:
 def suite_pretrain124m(a, work: Path) -> list[dict]:
     rows, vocab = [], 50304
     fields = preset_fields("llama-124m", vocab)
-    settings = [(1024, 32), (2048, 16)] if not a.tiny else [(128, 2)]
+    settings = [(seq, 32 * 1024 // seq) for seq in a.pt_seqs] if not a.tiny else [(128, 2)]
     shape = "llama-124m" if not a.tiny else "tiny"
     for seq, batch in settings:
         peer = ["--mode", "full", "--seq", str(seq), "--batch", str(batch)]
@@ -418,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="smoke", choices=["7b", "135m", "padded", "pretrain124m", "smoke"])
     ap.add_argument("--tiny", action="store_true", help="--suite pretrain124m: a tiny CPU smoke of the same path")
+    ap.add_argument(
+        "--pt-seqs",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1024, 2048],
+        help="--suite pretrain124m: sequence lengths (batch = 32k tokens / seq)",
+    )
     ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
     ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")
     ap.add_argument("--out", help="append JSON lines here")
