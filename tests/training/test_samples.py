@@ -91,3 +91,24 @@ def test_eval_line_and_perplexity():
     )
     assert eval_line(5, {"val_loss": 0.5}) == "step 5: val_loss 0.5000"  # DPO: no perplexity
     assert perplexity(1e6) == 1e30 and perplexity(0.0) == 1.0
+
+
+def test_sampling_runs_compiled_layers_eagerly_and_matches_the_plain_model():
+    import torch
+
+    from chatforge.models.tiny import tiny_llama, tiny_tokenizer
+    from chatforge.training.monitor import Sampler, compile_count
+    from chatforge.training.speedups import wrap_layers
+
+    tok = tiny_tokenizer()
+    plain = tiny_llama(len(tok))
+    compiled = tiny_llama(len(tok))  # same seed, same weights
+    compiled.config._attn_implementation = plain.config._attn_implementation = "sdpa"
+    wrap_layers(compiled, compile=True, dynamic=True, compile_on_cpu=True, backend="aot_eager")
+    sampler = Sampler(
+        Path("unused.jsonl"), tok, "chatml", ["hello world"], chat=False, max_new_tokens=6, device=torch.device("cpu")
+    )
+    before = compile_count()
+    got = sampler.generate(compiled)  # KV-cache decoding: no explicit mask swapped in, no graph built
+    assert compile_count() == before
+    assert got == sampler.generate(plain) and got[0]
