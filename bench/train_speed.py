@@ -6,6 +6,7 @@ the table at the end puts ours and the reference side by side.
     python3 bench/train_speed.py --suite 7b   --peer .bench/hf_peft_baseline.py --out $OUT/train_speed.jsonl
     python3 bench/train_speed.py --suite 135m --peer .bench/hf_peft_baseline.py
     python3 bench/train_speed.py --suite padded --alpaca .bench/alpaca_en.jsonl.gz --tokenizer .bench/smollm2-tok
+    python3 bench/train_speed.py --suite pretrain124m --peer .bench/hf_peft_baseline.py --out $OUT/pt124m.jsonl
     python3 bench/train_speed.py --suite smoke      (tiny shapes; runs on CPU too)
 
 Ours = `python -m chatforge.cli train CONFIG.yaml k=v ...` exactly as a user runs it, on a random-weight model of the
@@ -14,6 +15,12 @@ reference's shape (`model.init` with the shape's Llama fields, built on the GPU)
 Full-length rows come from `stage: pt` on generated text (every row `--seq` tokens, every token trained, like the
 reference's `labels=input_ids`). The reference is `../shared/bench/hf_peft_baseline.py` (plain, and `--liger` when
 liger_kernel is importable), which reports the median step after two warm-up steps.
+
+`--suite pretrain124m` is issue 13's pretraining row: `stage: pt` on token shards written by `chatforge data tokenize`
+(the real streaming path, document masks on), `model.init.preset: llama-124m` (GPT-2 small's shape, vocabulary
+50,304), full training at seq 1024 (bs 32) and 2048 (bs 16), default precision (fp32 master + bf16 autocast) and
+`model.dtype=bfloat16`. The peer script has no 124m shape, so it is run unchanged with that shape added to its
+`SHAPES` table (`--peer-shape`, loaded with importlib in a subprocess), `--mode full`, plain and `--liger`.
 
 `--suite padded` compares padded (length-grouped) batches of real Alpaca conversations: ours is `stage: sft` with
 `train.batching=length_grouped`; the reference (`--ref-padded`, in this file) is the stock HF step
@@ -325,6 +332,80 @@ def suite_padded(a, work: Path) -> list[dict]:
     return rows
 
 
+def preset_fields(name: str, vocab: int) -> dict:
+    from chatforge.models.presets import apply_preset
+
+    return apply_preset({"preset": name, "vocab_size": vocab}, vocab_size=vocab)
+
+
+def peer_with_shape(a) -> int:
+    """Runs the peer script's own main() with one more entry in its SHAPES table (it has no 124m shape)."""
+    spec = importlib.util.spec_from_file_location("peer_baseline", a.peer)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.SHAPES[a.peer_shape] = json.loads(a.peer_shape_fields)
+    sys.argv = [a.peer, "--shape", a.peer_shape, *a.peer_args]
+    module.main()
+    return 0
+
+
+def run_peer_shape(label: str, a, shape: str, fields: dict, args: list[str]) -> dict:
+    own = [str(Path(__file__).resolve()), "--peer", a.peer, "--peer-shape", shape]
+    return run_peer(label, own[0], [*own[1:], "--peer-shape-fields", json.dumps(fields), "--", *args])
+
+
+def token_shards(work: Path, tokens_needed: int) -> Path:
+    """Shards written once through the CLI (`chatforge data tokenize`), the way a user prepares a corpus."""
+    out = work / f"shards-{tokens_needed}"
+    if not (out / "index.json").is_file():
+        corpus = text_corpus(work, tokens_needed)
+        cmd = [sys.executable, "-m", "chatforge.cli", "data", "tokenize", "--input", str(corpus)]
+        cmd += ["--tokenizer", str(tiny_tokenizer_dir(work)), "--output", str(out), "--num-proc", "4"]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def suite_pretrain124m(a, work: Path) -> list[dict]:
+    rows, vocab = [], 50304
+    fields = preset_fields("llama-124m", vocab)
+    settings = [(seq, 32 * 1024 // seq) for seq in a.pt_seqs] if not a.tiny else [(128, 2)]
+    shape = "llama-124m" if not a.tiny else "tiny"
+    for seq, batch in settings:
+        peer = ["--mode", "full", "--seq", str(seq), "--batch", str(batch)]
+        if not a.tiny:
+            rows.append(run_peer_shape(f"peer plain seq{seq} bs{batch}", a, shape, fields, peer))
+            if a.liger:
+                rows.append(run_peer_shape(f"peer liger seq{seq} bs{batch}", a, shape, fields, [*peer, "--liger"]))
+        shards = token_shards(work, int(1.6 * seq * batch * (a.steps + 2)) + 4 * seq)
+        init = f"model.init={{preset: llama-124m, vocab_size: {vocab}}}" if not a.tiny else init_override("tiny")
+        base = [
+            "model.name_or_path=scratch",
+            init,
+            f"data.shards={shards}",
+            f"data.max_length={seq}",
+            "train.stage=pt",
+            "train.batching=packed",
+            "peft.finetuning=full",
+            f"train.batch_size={batch}",
+            f"train.max_steps={a.steps}",
+            "train.learning_rate=6e-4",
+            "train.max_grad_norm=1.0",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "template.name=chatml",
+        ]
+        if not a.tiny:
+            base.append("train.compile_layers=true")
+        else:
+            base.append("train.num_threads=1")
+        rows.append(run_ours(f"ours pt shards seq{seq} bs{batch} (fp32 master)", work, base))
+        if not a.tiny:
+            rows.append(
+                run_ours(f"ours pt shards seq{seq} bs{batch} (pure bf16)", work, base + ["model.dtype=bfloat16"])
+            )
+    return rows
+
+
 def suite_smoke(a, work: Path) -> list[dict]:
     base = common_pt(work, "tiny", 256, 2, 6) + ["peft.finetuning=full", "train.num_threads=1"]
     return [
@@ -335,7 +416,14 @@ def suite_smoke(a, work: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="smoke", choices=["7b", "135m", "padded", "smoke"])
+    ap.add_argument("--suite", default="smoke", choices=["7b", "135m", "padded", "pretrain124m", "smoke"])
+    ap.add_argument("--tiny", action="store_true", help="--suite pretrain124m: a tiny CPU smoke of the same path")
+    ap.add_argument(
+        "--pt-seqs",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1024, 2048],
+        help="--suite pretrain124m: sequence lengths (batch = 32k tokens / seq)",
+    )
     ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
     ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")
     ap.add_argument("--out", help="append JSON lines here")
@@ -352,7 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     ap.add_argument("--shape", default="llama2-7b", help=argparse.SUPPRESS)
     ap.add_argument("--liger", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-shape", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-shape-fields", help=argparse.SUPPRESS)
+    ap.add_argument("peer_args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.peer_shape:
+        return peer_with_shape(a)
     if a.ref_padded:
         print(json.dumps(ref_padded(a)))
         return 0
@@ -371,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT_FILE = Path(a.out) if a.out else None
     ENV.update(suite=a.suite, torch=_version("torch"), transformers=_version("transformers"), peft=_version("peft"))
     ENV.update(liger=_version("liger_kernel") if a.liger else None, gpu=_gpu_name())
-    rows = {"7b": suite_7b, "135m": suite_135m, "padded": suite_padded, "smoke": suite_smoke}[a.suite](a, work)
+    suites = {"7b": suite_7b, "135m": suite_135m, "padded": suite_padded, "pretrain124m": suite_pretrain124m}
+    rows = {**suites, "smoke": suite_smoke}[a.suite](a, work)
     print(f"\n{'side':5} {'setting':38} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9}  note")
     for r in rows:
         note = r.get("error", "").strip().splitlines()[-1][:80] if r.get("error") else ""

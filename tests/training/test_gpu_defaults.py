@@ -48,8 +48,12 @@ def test_padded_batches_compile_once_and_report_steady_speed(tmp_path):
         )
     )
     s = result.summary
-    # Lengths vary from batch to batch (rounded up to multiples of 64); the layers compile in the first step only.
-    assert s["compile_steps"] <= 1, s
+    # Lengths vary from batch to batch (bucketed widths, batch sizes 4 and 5); the layers compile in the first step.
+    events = s["compile_events"]
+    assert s["compile_steps"] <= 1 and len(events) <= 1, (
+        f"padded batches recompiled after warm-up: {s['compile_steps']} steps built graphs "
+        f"({sum(events.values())} graphs); graphs per layer-input shape (batch x length): {events}"
+    )
     assert s["steady_steps"] >= 10 and s["steady_tok_per_s"] > 0
     assert s["peak_gpu_memory_gib"] > 0
     assert s["mfu"] is None or 0 < s["mfu"] < 1

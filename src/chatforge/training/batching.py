@@ -2,8 +2,10 @@
 
 `Batches` turns encoded examples into what one micro-batch is built from, and `plan(epoch)` gives the epoch's batches
 as lists of unit indices: a pure function of (seed, epoch), so a resumed run continues from (epoch, batch index).
-Padded batches round their length up to `pad_to_multiple_of`, so a compiled model sees a few shapes, not one per
-batch; packed rows always have the same width.
+Padded batches round their length up to a bucket (`padded_width`: multiples of `pad_to_multiple_of` up to 8 of them,
+then multiples of 4 of them), so a compiled model sees a small, bounded set of shapes, not one per batch, and the
+plan never makes a one-row padded batch (a batch dimension of 1 is a constant to torch.compile, so that batch would
+compile a graph of its own): a single leftover row joins the batch before it. Packed rows always have the same width.
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ class Batches:
     seed: int
     make: Callable[[list[int]], dict[str, torch.Tensor]]  # unit indices -> collated CPU batch
     pad_width: Callable[[int], int]  # longest unit in a batch -> the batch's width
+    min_rows: int = 1  # batches smaller than this join the batch before them (2 for padded batches)
 
     def plan(self, epoch: int) -> list[list[int]]:
-        return plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch)
+        return plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch, min_rows=self.min_rows)
+
+    def batches_per_epoch(self) -> int:
+        """The same for every epoch: only the order changes, never how the windows are cut."""
+        return len(self.plan(0))
 
     def padding_fraction(self, epoch: int = 0) -> float:
         plan = self.plan(epoch)
@@ -57,6 +64,10 @@ def lm_batches(examples: list, tcfg, *, max_length: int, pad_id: int, attention:
             pad_width=lambda n: fixed_width or n,
         )
     lengths = [len(ids) for ids, _ in examples]
+
+    def width(n: int) -> int:
+        return padded_width(n, pad_multiple, max_length)
+
     return Batches(
         units=examples,
         lengths=lengths,
@@ -64,22 +75,54 @@ def lm_batches(examples: list, tcfg, *, max_length: int, pad_id: int, attention:
         batch_size=tcfg.batch_size,
         mode=tcfg.batching,
         seed=tcfg.seed,
-        make=lambda idx: pad_batch([examples[i] for i in idx], pad_id, pad_to_multiple_of=pad_multiple),
-        pad_width=lambda n: -(-n // pad_multiple) * pad_multiple,
+        # pad_batch rounds the longest sample up to a multiple of its argument: the bucket itself is one.
+        make=lambda idx: pad_batch(
+            [examples[i] for i in idx], pad_id, pad_to_multiple_of=width(max(lengths[i] for i in idx))
+        ),
+        pad_width=width,
+        min_rows=2 if pad_multiple > 1 else 1,  # only where batches are shaped for a compiled model (CUDA)
     )
 
 
-def plan_batches(lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int) -> list[list[int]]:
+def padded_width(n: int, multiple: int, max_length: int | None = None) -> int:
+    """The padded width of a batch whose longest sample has `n` tokens.
+
+    With `multiple` m > 1: the next multiple of m up to 8m (64..512 for m = 64), then the next multiple of 4m (768,
+    1024, ...), never beyond `max_length` rounded up to m. That bounds the widths a run can see (14 at max_length 2048)
+    while wasting less than powers of two would (a 520-token batch pads to 768, not 1024). m <= 1: no padding.
+    """
+    if multiple <= 1:
+        return n
+    width = -(-n // multiple) * multiple
+    if width <= 8 * multiple:
+        return width
+    coarse = -(-n // (4 * multiple)) * 4 * multiple
+    cap = -(-max_length // multiple) * multiple if max_length else coarse
+    return max(width, min(coarse, cap))
+
+
+def _cut(indices: list[int], batch_size: int, min_rows: int) -> list[list[int]]:
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < min(min_rows, batch_size):
+        last = batches.pop()
+        batches[-1] = batches[-1] + last  # a one-row remainder rides along with the batch before it
+    return batches
+
+
+def plan_batches(
+    lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int, *, min_rows: int = 1
+) -> list[list[int]]:
     """The batches (lists of unit indices) of one epoch. `length_grouped` sorts by length inside shuffled windows of
-    64 batches so similar lengths share a batch (little padding) while the order stays random."""
+    64 batches so similar lengths share a batch (little padding) while the order stays random. A last batch of a
+    window smaller than `min_rows` is merged into the one before it (with the next-shortest samples)."""
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths)).tolist()
     if mode in ("random", "packed"):
-        return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+        return _cut(perm, batch_size, min_rows)
     window = batch_size * 64
     batches: list[list[int]] = []
     for start in range(0, len(perm), window):
         chunk = sorted(perm[start : start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += _cut(chunk, batch_size, min_rows)
     order = rng.permutation(len(batches)).tolist()
     return [batches[i] for i in order]

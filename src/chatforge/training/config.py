@@ -94,6 +94,11 @@ class TrainConfig:
     log_every: int = field(default=1, metadata={"min": 1})
     eval_every: int = field(default=0, metadata={"min": 0, "help": "validation every N steps; 0 = only at the end"})
     eval_batch_size: int = field(default=8, metadata={"min": 1})
+    sample_prompts: list[str] = field(
+        default_factory=list,
+        metadata={"help": "prompts to generate from (greedy) at every validation, into samples.jsonl"},
+    )
+    sample_max_new_tokens: int = field(default=48, metadata={"min": 1, "help": "tokens per sample"})
     save_every: int = field(default=0, metadata={"min": 0, "help": "checkpoint every N steps; 0 = none"})
     save_total_limit: int = field(default=2, metadata={"min": 1, "help": "keep the last K checkpoints"})
     resume: str | None = field(default=None, metadata={"help": "auto | a checkpoint folder | null"})

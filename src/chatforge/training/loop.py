@@ -22,7 +22,7 @@ import torch
 from chatforge.errors import ChatforgeError
 from chatforge.training import checkpoint as ckpt_mod
 from chatforge.training.batching import Batches
-from chatforge.training.monitor import MetricsLog, Progress, Throughput, compile_count
+from chatforge.training.monitor import MetricsLog, Progress, Throughput, compile_count, eval_line, perplexity
 from chatforge.training.packing import attention_inputs
 from chatforge.training.state import TrainState
 
@@ -55,6 +55,8 @@ def evaluate(model, objective, val_batches: list[dict], device, autocast) -> dic
     out = {"val_loss": loss_sum / max(1, count)}
     out.update({f"val_{name}": value / max(1, count) for name, value in sums.items()})
     out["val_count"] = count
+    if getattr(objective, "reports_perplexity", False):
+        out["val_ppl"] = perplexity(out["val_loss"])
     return out
 
 
@@ -76,6 +78,7 @@ def run_loop(
     metrics: MetricsLog,
     progress: Progress,
     throughput: Throughput,
+    on_eval: Callable[[torch.nn.Module, int], object] | None = None,
 ) -> LoopResult:
     """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -146,11 +149,14 @@ def run_loop(
         progress.update(state.step, loss_value, lr, throughput.steady_tok_per_s())
 
         step = state.step
-        if val_batches and tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
-            result.last_eval = evaluate(model, objective, val_batches, device, autocast)
+        if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total_steps:
             last_eval_step = step
+            if on_eval is not None:
+                on_eval(model, step)  # samples from the fixed prompts
+        if val_batches and last_eval_step == step:
+            result.last_eval = evaluate(model, objective, val_batches, device, autocast)
             metrics.write(dict(kind="eval", step=step, **result.last_eval))
-            progress.message(f"step {step}: val_loss {result.last_eval['val_loss']:.4f}")
+            progress.message(eval_line(step, result.last_eval))
             result.stopped_early = state.track_validation(
                 result.last_eval["val_loss"], tcfg.early_stopping_patience, tcfg.early_stopping_min_delta
             )
@@ -161,9 +167,12 @@ def run_loop(
             ckpt_mod.save_checkpoint(out, step, model, optimizer, scheduler, state.to_dict(), tcfg.save_total_limit)
     state.elapsed += time.perf_counter() - t_mark
 
+    if last_eval_step != state.step and result.steps_this_process and on_eval is not None:
+        on_eval(model, state.step)
     if val_batches and last_eval_step != state.step and result.steps_this_process:
         result.last_eval = evaluate(model, objective, val_batches, device, autocast)
         metrics.write(dict(kind="eval", step=state.step, **result.last_eval))
+        progress.message(eval_line(state.step, result.last_eval))
         if not result.stopped_early:
             state.track_validation(
                 result.last_eval["val_loss"], tcfg.early_stopping_patience, tcfg.early_stopping_min_delta

@@ -1,6 +1,9 @@
 """Watching a run: a one-line progress display (loss, lr, tokens/s, ETA), the metrics JSONL log, TensorBoard events
 when the `tensorboard` package is installed, and steady-state throughput with MFU.
 
+At each validation, token objectives also report perplexity (`val_ppl` = exp(val_loss), in the progress line and
+`metrics.jsonl`), and `Sampler` appends generations from the fixed `train.sample_prompts` to `samples.jsonl`.
+
 Throughput is reported in steady state: the first step of a process (allocator warm-up, first kernels) and every step
 during which torch.compile built a graph are counted as warm-up and shown apart, so a compiled run's tok/s is not
 dragged down by its compile time.
@@ -9,8 +12,11 @@ dragged down by its compile time.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +100,90 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(mean token loss), saturating at 1e30 instead of overflowing for a diverged run."""
+    return math.exp(mean_loss) if mean_loss < math.log(1e30) else 1e30
+
+
+def eval_line(step: int, ev: dict) -> str:
+    """The progress line of one validation: loss, and perplexity and accuracy where the objective has them."""
+    line = f"step {step}: val_loss {ev['val_loss']:.4f}"
+    if "val_ppl" in ev:
+        line += f" ppl {ev['val_ppl']:,.2f}"
+    if "val_accuracy" in ev:
+        line += f" accuracy {ev['val_accuracy']:.4f}"
+    return line
+
+
+class Sampler:
+    """Greedy generations from fixed prompts, appended to `samples.jsonl` ({"step", "prompt", "text"}) at each
+    validation, so a run shows what its model writes as it learns.
+
+    Greedy decoding draws no random numbers, so sampling leaves a resumed run identical to an uninterrupted one.
+    `chat=True` renders each prompt as a user turn of the template (sft); otherwise it is text to continue (pt).
+    Compiled layers run eagerly here (`torch.compiler.set_stance`): a generation's shapes would otherwise add graphs.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer,
+        template,
+        prompts: list[str],
+        *,
+        chat: bool,
+        max_new_tokens: int,
+        device,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ):
+        from chatforge.data.schema import Conversation, Message
+        from chatforge.templates.encode import encode_prompt, encode_text, stop_token_ids
+
+        self.log = MetricsLog(path)
+        self.tokenizer, self.prompts, self.max_new_tokens = tokenizer, list(prompts), max_new_tokens
+        self.device, self.autocast = device, autocast
+        if chat:
+            self.inputs = [encode_prompt(Conversation([Message("user", p)]), tokenizer, template) for p in prompts]
+            self.stop = stop_token_ids(tokenizer, template)
+        else:
+            self.inputs = [encode_text(p, tokenizer, add_eos=False) for p in prompts]
+            self.stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def truncate_after(self, step: int) -> None:
+        self.log.truncate_after(step)
+
+    def generate(self, model) -> list[str]:
+        import torch
+
+        stance = getattr(torch.compiler, "set_stance", None)
+        was_training = model.training
+        model.eval()
+        texts = []
+        try:
+            with torch.no_grad(), stance("force_eager") if stance else nullcontext(), self.autocast():
+                for ids in self.inputs:
+                    x = torch.tensor([ids or [self.stop[0] if self.stop else 0]], device=self.device)
+                    out = model.generate(
+                        input_ids=x,
+                        attention_mask=torch.ones_like(x),
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        use_cache=True,
+                        eos_token_id=self.stop or None,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+                    texts.append(self.tokenizer.decode(out[0, x.shape[1] :].tolist(), skip_special_tokens=True))
+        finally:
+            model.train(was_training)
+        return texts
+
+    def __call__(self, model, step: int) -> list[dict]:
+        records = [dict(kind="sample", step=step, prompt=p, text=t) for p, t in zip(self.prompts, self.generate(model))]
+        for record in records:
+            self.log.write(record)
+        return records
 
 
 def compile_count() -> int:

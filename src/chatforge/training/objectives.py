@@ -24,6 +24,7 @@ class TokenObjective:
     """Next-token cross-entropy on the trained tokens (sft, pt); metric: next-token accuracy."""
 
     chunk_size: int = 4096
+    reports_perplexity = True  # class attribute: validation adds val_ppl = exp(val_loss)
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE).sum())

@@ -16,10 +16,11 @@ from chatforge.training.batching import Batches
 from chatforge.training.dataset import TrainData
 from chatforge.training.loop import run_loop
 from chatforge.training.model_setup import TrainModel
-from chatforge.training.monitor import FlopModel, MetricsLog, Progress, Throughput, peak_flops
+from chatforge.training.monitor import FlopModel, MetricsLog, Progress, Sampler, Throughput, peak_flops
 from chatforge.training.optim import make_optimizer, make_scheduler
 from chatforge.training.plots import plot_curves
 from chatforge.training.run_folder import RunFolder, save_final, write_summary
+from chatforge.training.speedups import compile_events
 from chatforge.training.state import TrainState
 
 
@@ -36,8 +37,10 @@ def finished_run(folder: RunFolder) -> TrainResult:
     return TrainResult(folder.path, summary)
 
 
-def total_steps_for(tcfg, n_units: int) -> int:
-    steps_per_epoch = math.ceil(math.ceil(n_units / tcfg.batch_size) / tcfg.grad_accum)
+def total_steps_for(tcfg, n_units: int, n_batches: int | None = None) -> int:
+    """Steps of the run; `n_batches` = the plan's batches per epoch where it differs from ceil(units / batch)."""
+    n_batches = math.ceil(n_units / tcfg.batch_size) if n_batches is None else n_batches
+    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum)
     return tcfg.max_steps or max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 
 
@@ -50,7 +53,7 @@ def run_session(
     t_start = time.perf_counter()
     tcfg, out = cfg.train, folder.path
     save_config(cfg, out / "config.yaml")
-    total_steps = total_steps_for(tcfg, len(batches.units))
+    total_steps = total_steps_for(tcfg, len(batches.units), batches.batches_per_epoch())
     optimizer = make_optimizer(tm.model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)
     state = TrainState(
@@ -63,6 +66,18 @@ def run_session(
         )
     )
     metrics = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if tcfg.tensorboard else None)
+    sampler = None
+    if tcfg.sample_prompts:
+        sampler = Sampler(
+            out / "samples.jsonl",
+            tm.tokenizer,
+            tm.template,
+            tcfg.sample_prompts,
+            chat=tcfg.stage != "pt",
+            max_new_tokens=tcfg.sample_max_new_tokens,
+            device=tm.device,
+            autocast=tm.autocast,
+        )
     resume = folder.resume_from
     if resume is not None:
         state.check_plan(resume.state.get("plan", {}), str(resume.path))
@@ -74,6 +89,8 @@ def run_session(
         ckpt_mod.restore_rng(resume)  # last, so nothing above consumes random numbers after it
     else:
         metrics.truncate_after(0)
+    if sampler is not None:
+        sampler.truncate_after(state.step)  # samples past the checkpoint came from a run that died after it
 
     pad_frac = batches.padding_fraction()
     progress = Progress(total_steps, state.step, enabled=tcfg.progress, every=tcfg.log_every)
@@ -106,6 +123,7 @@ def run_session(
         metrics=metrics,
         progress=progress,
         throughput=throughput,
+        on_eval=sampler,
     )
     loop_time = time.perf_counter() - t_loop
     progress.close()
@@ -145,6 +163,7 @@ def run_session(
         ),
         precision=tm.precision,
         speedups=tm.speedups,
+        compile_events=compile_events(tm.model),  # graphs built per layer-input shape ("BxT"): recompiles show here
         resumed_from=str(resume.path) if resume else None,
     )
     write_summary(out, summary)
