@@ -525,6 +525,9 @@ class Engine:
         self._constraints = None
         self._constraints_lock = threading.Lock()
         self.adapters: dict[str, str] = {}  # served name -> PEFT adapter name, when several adapters share the base
+        self.static: dict | None = None  # `use_static_cache` settings: batches get a StaticCache (+ CUDA graphs)
+        self._decode = None  # the (compiled) decode forward, shared by every static batch of this engine
+        self._static_batches: dict[int, Any] = {}  # slot count -> its StaticDecodeBatch (reused when drained)
 
     @classmethod
     def load(
@@ -634,7 +637,48 @@ class Engine:
         pooled = (hidden * weights).sum(1).float() / weights.sum(1).float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
-    def new_batch(self) -> DecodeBatch:
+    def use_static_cache(self, slots: int = 8, max_cache_len: int | None = None, compile: str = "auto") -> None:
+        """Decode with a preallocated `StaticCache` of `slots` rows x `max_cache_len` columns (default: the model's
+        context, at most 4096) from now on; `compile` "auto" captures the decode step as a CUDA graph on CUDA
+        (`torch.compile(mode="reduce-overhead")`), "on" forces it, "off" runs it eagerly (see `static_cache`)."""
+        from chatforge.serving.static_cache import compile_decode
+
+        if self.adapters:
+            raise NotSupportedError("--static-cache with several adapters is not supported; drop one of them")
+        length = int(max_cache_len or min(self.max_total, 4096))
+        if length < 2 or slots < 1:
+            raise ChatforgeError(f"static cache needs slots >= 1 and a length >= 2, got {slots} and {length}")
+        self.max_total = min(self.max_total, length)  # prompt + reply must fit the cache row
+        batch = DecodeBatch(self.model, self.tokenizer, self.max_total)
+        device = next(self.model.parameters()).device
+        self._decode = compile_decode(batch.forward_model, compile, device)
+        self.static = {"slots": int(slots), "max_cache_len": length, "compile": compile}
+        self._static_batches = {}
+
+    def new_batch(self, slots: int | None = None) -> DecodeBatch:
+        """A decode batch; with a static cache it has `slots` rows (default: `use_static_cache`'s)."""
+        if self.static is not None:
+            from chatforge.serving.static_cache import StaticDecodeBatch
+
+            # One batch (one StaticCache) per slot count, reused once it has drained: a captured CUDA graph keeps the
+            # cache's addresses, and a new cache object would mean recording (or compiling) the step again.
+            n = int(slots or self.static["slots"])
+            batch = self._static_batches.get(n)
+            if batch is not None and batch.reserved and len(batch) and all(s.cancelled.is_set() for s in batch.seqs):
+                batch._drop_done()  # its holder walked away (a stream closed early): every row is cancelled
+            if batch is None or batch.reserved:
+                batch = StaticDecodeBatch(
+                    self.model,
+                    self.tokenizer,
+                    self.max_total,
+                    slots=n,
+                    max_cache_len=self.static["max_cache_len"],
+                    decode=self._decode,
+                    multi_adapter=bool(self.adapters),
+                )
+                self._static_batches[n] = batch
+            batch.reserved = True
+            return batch
         return DecodeBatch(self.model, self.tokenizer, self.max_total, multi_adapter=bool(self.adapters))
 
     def add_adapter(self, name: str, path: str) -> None:
@@ -683,7 +727,7 @@ class Engine:
         seqs = [self.new_sequence(self.encode(c), params) for c in convs]
         # Similar lengths side by side waste less padding; results are returned in input order regardless.
         waiting = deque(sorted(seqs, key=lambda s: len(s.prompt_ids)))
-        batch = self.new_batch()
+        batch = self.new_batch(slots=min(batch_size, len(seqs)) or 1)
         while waiting or len(batch):
             free = batch_size - len(batch)
             if waiting and free > 0:
@@ -698,7 +742,7 @@ class Engine:
         pending: list[str] = []
         seq = self.new_sequence(self.encode(conv), params or SamplingParams(), on_delta=pending.append)
         self.last_sequence = seq
-        batch = self.new_batch()
+        batch = self.new_batch(slots=1)
         batch.add([seq])
         try:
             while True:
