@@ -169,3 +169,20 @@ def test_serve_with_static_cache_answers_concurrent_requests(plain_model):
         configure_static_cache(
             Engine(model, tok, "chatml"), build_parser().parse_args(["--model", "x", "--static-cache-len", "9"])
         )
+
+
+@pytest.mark.integration
+def test_compiled_decode_step_traces_once_and_matches_on_cpu(tiny_tok):
+    """The same torch.compile(mode="reduce-overhead") path the GPU uses (without the CUDA graphs), ~1-2 min on CPU:
+    the decode step compiles without graph breaks into one graph that later runs reuse."""
+    from torch._dynamo.utils import counters
+
+    dynamic, static = _engines(tiny_tok, max_cache_len=128, compile="on")
+    convs = _convs(5)
+    params = SamplingParams(max_new_tokens=12)
+    want = [c.text for c in dynamic.generate(convs, params, batch_size=3)]
+    assert [c.text for c in static.generate(convs, params, batch_size=3)] == want
+    graphs = counters["stats"]["unique_graphs"]
+    assert [c.text for c in static.generate(convs, params, batch_size=3)] == want
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation for the second run
+    assert not counters["graph_break"]
