@@ -209,3 +209,11 @@ def test_ollama_export_writes_the_llama31_header_with_its_date():
 
     go = to_go_template(with_date(get_template("llama3.1"), "05 Mar 2025"))
     assert "Today Date: 05 Mar 2025" in go and "Environment: ipython" in go
+
+
+def test_data_show_default_picks_llama31_for_a_dated_template():
+    from chatforge.models.loading import default_template_for
+
+    tok = tiny_tokenizer()
+    tok.chat_template = HAND_LLAMA31
+    assert default_template_for(tok) == "llama3.1"
