@@ -217,3 +217,15 @@ def test_data_show_default_picks_llama31_for_a_dated_template():
     tok = tiny_tokenizer()
     tok.chat_template = HAND_LLAMA31
     assert default_template_for(tok) == "llama3.1"
+
+
+def test_use_model_jinja_renders_a_fixed_date_not_today():
+    """Training on a 3.2-style template's own Jinja: the date is the template's (stable text and cache), not the
+    day the run happens to start."""
+    tok = tiny_tokenizer()
+    tok.chat_template = HAND_LLAMA31
+    conv = Conversation([Message("user", "Hi"), Message("assistant", "Hello")])
+    for date, want in ((None, "26 Jul 2024"), ("05 Mar 2025", "05 Mar 2025")):
+        choice = choose_template(tok, use_model_jinja=True, date=date)
+        text = tok.decode(encode_conversation(conv, tok, choice.template).input_ids)
+        assert f"Today Date: {want}\n\n" in text

@@ -16,12 +16,19 @@ the model's Jinja, and the saved template stays the model's own.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chatforge.data.schema import Conversation, Message, ToolCall
 from chatforge.errors import ChatforgeError
 from chatforge.templates.encode import Encoded, encode_conversation, encode_prompt, prepare_tokenizer, special_strings
-from chatforge.templates.formats import CHATML, LLAMA31_DEFAULT_DATE, ChatTemplate, get_template, with_date
+from chatforge.templates.formats import (
+    CHATML,
+    LLAMA31_DEFAULT_DATE,
+    ChatTemplate,
+    check_date,
+    get_template,
+    with_date,
+)
 from chatforge.templates.model_jinja import model_jinja, with_model_jinja
 from chatforge.templates.render import to_hf_messages
 
@@ -337,7 +344,9 @@ def choose_template(
             template, source = get_template(guess), "picked from the model's own chat template"
         else:
             template, source = get_template(fallback), "the model has no recognisable chat template; default"
-    if date is not None:  # template.date: the guard compares with the model's Jinja rendered for that date
+    if date is not None and use_model_jinja:  # the model's own Jinja gets it as date_string
+        template = replace(template, date=check_date(date))
+    elif date is not None:  # template.date: the guard compares with the model's Jinja rendered for that date
         template = with_date(template, date)
     report = None
     if use_model_jinja:
