@@ -156,3 +156,18 @@ def test_decoding_passes_no_deprecated_cache_keyword(tiny_tok):
     assert all(keyword in kw for kw in seen)
     if keyword == "cache":
         assert not any("past_key_values" in kw for kw in seen)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_embeddings_are_conditioned_on_the_virtual_tokens(method, tiny_tok):
+    """/v1/embeddings on such an adapter: the mean over the prompt's positions of PeftModel's own last hidden state."""
+    model = _peft_model(method, len(tiny_tok))
+    engine = _engine(model, tiny_tok)
+    prompts = _prompts(engine)[:2]
+    got = engine.embed(prompts)
+    for row, prompt in zip(got, prompts):
+        x = torch.tensor([prompt])
+        with torch.no_grad():
+            hidden = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states[-1]
+        want = torch.nn.functional.normalize(hidden[0, -len(prompt) :].float().mean(0), dim=-1)
+        torch.testing.assert_close(row, want, rtol=1e-4, atol=1e-5)
