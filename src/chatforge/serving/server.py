@@ -604,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             "--static-cache with several --adapter: the captured decode step cannot switch "
             "adapters per row; serve one adapter per process or drop --static-cache"
         )
-    if args.static_cache_len is not None and args.static_cache_len < 2:
-        raise ChatforgeError("--static-cache-len must be >= 2")
+    if args.static_cache_len is not None and (args.static_cache_len < 2 or not args.static_cache):
+        raise ChatforgeError("--static-cache-len needs --static-cache and a value >= 2")
     first = named[0][1] if named else None
     engine = Engine.load(args.model, adapter=first, template=args.template, dtype=args.dtype, device=args.device)
     if named and named[0][0] is not None:
