@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-runs", type=int, default=6, help="one-stream requests for the TTFT percentiles")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument(
+        "--static-cache", action="store_true", help="as `chatforge serve --static-cache` (rows = --concurrency)"
+    )
+    ap.add_argument("--static-cache-len", type=int, default=2048, help="columns of the static cache")
     args = ap.parse_args(argv)
 
     import openai
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     engine = Engine.load(args.model, template=args.template)
+    if args.static_cache:
+        engine.use_static_cache(slots=args.concurrency, max_cache_len=args.static_cache_len)
     load_s = time.perf_counter() - t0
     app = create_app(engine, "bench", max_batch=args.concurrency, max_queue=4 * args.concurrency)
     port = _free_port()
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     conc_tokens = sum(r["tokens"] for r in conc_results)
     result = {
         "model": args.model,
-        "device": "cpu",
+        "static_cache": args.static_cache,
+        "device": str(next(engine.model.parameters()).device),
         "torch_threads": args.threads,
         "model_load_s": round(load_s, 2),
         "max_tokens": args.max_tokens,

@@ -202,6 +202,21 @@ class TemplateConfig:
         default="all_assistant", metadata=_help("which tokens are trained")
     )
     default_system: str | None = field(default=None, metadata=_help("system prompt used when a record has none"))
+    date: str | None = field(
+        default=None,
+        metadata=_help("Llama 3.1 'Today Date' header: 'DD Mon YYYY' or 'today' (None = the template's default)"),
+    )
+
+    def check_config(self) -> list[tuple[str, str]]:
+        if self.date is None:
+            return []
+        from chatforge.templates.formats import check_date  # here: templates import this module's neighbours
+
+        try:
+            check_date(self.date)
+        except ChatforgeError as err:
+            return [("date", str(err))]
+        return []
 
 
 @dataclass

@@ -127,6 +127,8 @@ def _canonical_json(text: str, ollama: bool = False) -> str:
 REFUSED = {
     "qwen3": "thinking",
     "qwen3_nothink": "thinking",
+    "mistral": "ids",
+    "chatglm3": "code-style",
 }
 
 

@@ -3,6 +3,8 @@ tool calls written in a template's syntax parse back, LLaMA-Factory names resolv
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -109,17 +111,16 @@ def test_chatglm3_role_tokens_metadata_line_and_next_marker_target():
     )
     text = render_text(conv, get_template("chatglm3"))
     assert text.startswith("[gMASK]sop<|system|>\nBe brief.\n\nAnswer the following questions")
-    assert (
-        '<|user|>\nSearch x<|assistant|>search\n{"q": "x"}<|observation|>\n{"hits": 1}<|assistant|>\nOne hit.</s>'
-        in (text)
-    )
+    call = 'search\n```python\ntool_call(q="x")\n```'  # ChatGLM3's code-style call after the metadata line
+    assert f'<|user|>\nSearch x<|assistant|>{call}<|observation|>\n{{"hits": 1}}<|assistant|>\nOne hit.</s>' in text
     # a reply ends where the next role marker starts: that marker is trained, the observation text is not
-    assert _trained(render_segments(conv, get_template("chatglm3"))) == (
-        'search\n{"q": "x"}<|observation|>\nOne hit.</s>'
-    )
-    reply = parse_reply('search\n{"q": "y"}', get_template("chatglm3"))
-    assert reply.tool_calls == [ToolCall("search", {"q": "y"})] and reply.content == ""
+    assert _trained(render_segments(conv, get_template("chatglm3"))) == f"{call}<|observation|>\nOne hit.</s>"
+    reply = parse_reply('search\n```python\ntool_call(q="y", n=2)\n```', get_template("chatglm3"))
+    assert reply.tool_calls == [ToolCall("search", {"q": "y", "n": 2})] and reply.content == ""
     assert parse_reply("\nJust text", get_template("chatglm3")).tool_calls == []
+    # the JSON layout LLaMA-Factory writes stays available under its own name
+    json_reply = parse_reply('search\n{"q": "y"}', get_template("chatglm3_json"))
+    assert json_reply.tool_calls == [ToolCall("search", {"q": "y"})]
 
 
 def test_llama3_and_mistral_tool_formats():
@@ -137,11 +138,13 @@ def test_llama3_and_mistral_tool_formats():
     assert "Environment: ipython" in llama.split("<|eot_id|>")[0]
     mistral = render_text(conv, get_template("mistral"))
     assert mistral.startswith('<s>[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "search"')
+    ids = re.findall(r'"id": "([0-9A-Za-z]{9})"', mistral)  # Mistral call ids: 9 alphanumeric characters
+    assert len(ids) == 1
     assert (
-        '[/AVAILABLE_TOOLS][INST] Sys.\n\nFind x[/INST][TOOL_CALLS] [{"name": "search", "arguments": {"q": "x"}}]</s>'
-        in (mistral)
+        '[/AVAILABLE_TOOLS][INST] Sys.\n\nFind x[/INST][TOOL_CALLS] [{"name": "search", "arguments": {"q": "x"}, '
+        f'"id": "{ids[0]}"}}]</s>' in mistral
     )
-    assert mistral.endswith('[TOOL_RESULTS] {"content": []}[/TOOL_RESULTS] Nothing.</s>')
+    assert mistral.endswith(f'[TOOL_RESULTS] {{"content": [], "call_id": "{ids[0]}"}}[/TOOL_RESULTS] Nothing.</s>')
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))

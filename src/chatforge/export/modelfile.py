@@ -85,12 +85,28 @@ def _refuse(t: ChatTemplate) -> None:
             f"template {t.name!r}: the {{round}} counter in the user turn cannot be written as an Ollama TEMPLATE "
             "(Go templates have no arithmetic)"
         )
+    if t.call_ids:
+        raise NotSupportedError(
+            f"template {t.name!r}: its tool calls carry ids (Mistral's 9-character call ids, quoted again by each "
+            "tool result) that chatforge derives from the call; Ollama's template data has no such id to print, so "
+            "a TEMPLATE would teach the model a different call format than it was trained on. Export without "
+            "--ollama, or train with a template whose calls have no ids"
+        )
+    if "{kwargs}" in t.tool_call:
+        raise NotSupportedError(
+            f"template {t.name!r}: code-style tool calls (ChatGLM3's tool_call(name=value) with Python literals) "
+            "cannot be written as an Ollama TEMPLATE: Go templates can only print the arguments as JSON. Export "
+            "without --ollama, or use template chatglm3_json (name + JSON arguments)"
+        )
+    if "{id}" in t.tool or "{id}" in t.tool_call:
+        raise NotSupportedError(f"template {t.name!r}: call ids ({{id}}) cannot be written as an Ollama TEMPLATE")
 
 
 def to_go_template(t: ChatTemplate) -> str:
     """The template as an Ollama TEMPLATE (Go text/template over .Messages and .Tools).
 
-    Raises NotSupportedError for templates Go templates cannot express (Qwen3 thinking, {round}, model Jinja)."""
+    Raises NotSupportedError for templates Go templates cannot express (Qwen3 thinking, {round}, model Jinja,
+    Mistral's call ids, ChatGLM3's code-style calls)."""
     _refuse(t)
     item_open, item_close = ('{"type": "function", "function": ', "}") if t.tools_item == "openai" else ("", "")
     join = ", " if t.tools_layout == "json_list" else t.tools_join
@@ -112,6 +128,10 @@ def to_go_template(t: ChatTemplate) -> str:
         else "{{- else }}{{- $sys = " + json.dumps(t.default_system) + " }}{{- $hasSys = true }}"
     )
     pending = "(or $hasSys $.Tools)" if t.tools_placement == "system" else "$hasSys"
+    if t.system_header:  # Llama 3.1: the dated header opens the system turn of every conversation (date fixed)
+        note = "{{- if $.Tools }}" + _q(t.tools_system_note) + "{{- end }}" if t.tools_system_note else ""
+        system_body = note + _q(t.system_header.replace("{date}", t.date or "")) + system_body
+        pending = "true"
     lines = [
         '{{- $msgs := .Messages }}{{- $sys := "" }}{{- $hasSys := false }}{{- $lastRole := "" }}'
         "{{- $inTool := false }}{{- $toolsDue := true }}",

@@ -79,6 +79,7 @@ def _choose_template(model_cfg, template_cfg, tokenizer):
         name,
         use_model_jinja=bool(getattr(template_cfg, "use_model_jinja", False)),
         default_system=getattr(template_cfg, "default_system", None),
+        date=getattr(template_cfg, "date", None),  # Llama 3.1's "Today Date" (template.date)
         check=model_cfg.init is None,  # a model built from scratch has no template of its own to agree with
     )
     print(choice.message, file=sys.stderr)

@@ -49,6 +49,7 @@ _HASH_INDEX = "sha256-index.json"
 _TEMPLATE_NEEDLES = (
     ("You are a helpful AI assistant named SmolLM", "smollm2"),
     ("<|im_start|>", "chatml"),
+    ("Cutting Knowledge Date", "llama3.1"),  # Llama 3.1+'s dated system header
     ("<|start_header_id|>", "llama3"),
     ("[INST]", "llama2"),
 )

@@ -5,7 +5,7 @@ left-padded batches, samples per sequence (temperature, top-k, top-p, repetition
 template's end-of-turn tokens, at stop strings or at `max_new_tokens`, and streams text deltas that never split a
 multi-byte character.
 
-The decode loop is written over `model(...)` with `past_key_values` rather than `model.generate` because the server
+The decode loop is written over `model(...)` with a KV cache rather than `model.generate` because the server
 needs *continuous batching*: sequences join a running batch between two decode steps (their prefill is merged into
 the shared cache by left-padding) and leave it as soon as they finish or their client goes away. `DecodeBatch` is that
 loop; `Engine.generate` and `Engine.stream` are thin drivers over it, and the server drives it from a background thread.
@@ -27,7 +27,8 @@ import torch
 from transformers import DynamicCache
 
 from chatforge.data.schema import Conversation, Message
-from chatforge.errors import ChatforgeError
+from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.serving.virtual_tokens import VirtualTokens, base_model, cache_keyword, output_cache
 
 log = logging.getLogger("chatforge.engine")
 
@@ -373,6 +374,11 @@ class DecodeBatch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, cache_len + 1]: 1 = real token (incl. the pending next token)
         self.next_tokens: torch.Tensor | None = None  # [B, 1]: tokens to feed at the next step
+        # Prompt-learning adapters: the engine feeds the base model and adds the virtual tokens once, at prefill
+        # (see `virtual_tokens`); `PeftModel.forward` would add them again at every decode step.
+        self.virtual = VirtualTokens.of(model)
+        self.forward_model = base_model(model) if self.virtual is not None else model
+        self.cache_kw = cache_keyword(model)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -392,23 +398,32 @@ class DecodeBatch:
             ids[i, width - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids, dtype=torch.long)
             mask[i, width - len(s.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **self._adapter_kwargs(seqs),
-        )
-        logits = out.logits[:, -1, :]
+        logits, cache, mask = self.prefill(ids, mask, seqs)
         tokens = pick_tokens(logits, seqs)
         push_tokens(seqs, tokens, self.tokenizer, self.max_total)
         tokens = [self.pad_id if t is None else t for t in tokens]  # failed rows leave at the next _drop_done
         new_mask = torch.cat([mask, torch.ones((len(seqs), 1), dtype=torch.long, device=self.device)], dim=1)
-        self._merge(out.past_key_values, new_mask, torch.tensor(tokens, device=self.device).unsqueeze(1), seqs)
+        self._merge(cache, new_mask, torch.tensor(tokens, device=self.device).unsqueeze(1), seqs)
         return self._drop_done()
+
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, seqs: list[Sequence]
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """Run left-padded prompts `ids` [B, W] into a fresh cache: (last-position logits [B, vocab], the cache,
+        the mask over its columns). With virtual tokens the cache and mask have V more columns at the left."""
+        cache = DynamicCache(config=base_model(self.model).config)
+        if self.virtual is not None:
+            inputs, mask = self.virtual.prefill_inputs(self.model, ids, mask, cache)
+        else:
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        out = self.forward_model(
+            **inputs,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: cache},
+            **self._adapter_kwargs(seqs),
+        )
+        return out.logits[:, -1, :], output_cache(out), mask
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor, next_tokens: torch.Tensor, seqs: list[Sequence]) -> None:
         if self.cache is None or not self.seqs:
@@ -465,15 +480,15 @@ class DecodeBatch:
         done = self._drop_done()  # cancellations that arrived since the last step
         if not self.seqs:
             return done
-        out = self.model(
+        out = self.forward_model(
             input_ids=self.next_tokens,
             attention_mask=self.mask,
             position_ids=self.mask.sum(-1, keepdim=True) - 1,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_kw: self.cache},
             **self._adapter_kwargs(self.seqs),
         )
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         logits = out.logits[:, -1, :]
         tokens = pick_tokens(logits, self.seqs)
         push_tokens(self.seqs, tokens, self.tokenizer, self.max_total)
@@ -483,6 +498,16 @@ class DecodeBatch:
             [self.mask, torch.ones((len(self.seqs), 1), dtype=self.mask.dtype, device=self.device)], 1
         )
         return done + self._drop_done()
+
+
+def _is_prompt_learning_folder(folder) -> bool:
+    import json
+
+    try:
+        kind = json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")
+    except (OSError, ValueError):
+        return False
+    return str(kind).upper() in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
 
 
 class Engine:
@@ -500,6 +525,9 @@ class Engine:
         self._constraints = None
         self._constraints_lock = threading.Lock()
         self.adapters: dict[str, str] = {}  # served name -> PEFT adapter name, when several adapters share the base
+        self.static: dict | None = None  # `use_static_cache` settings: batches get a StaticCache (+ CUDA graphs)
+        self._decode = None  # the (compiled) decode forward, shared by every static batch of this engine
+        self._static_batches: dict[int, Any] = {}  # slot count -> its StaticDecodeBatch (reused when drained)
 
     @classmethod
     def load(
@@ -596,14 +624,61 @@ class Engine:
             )
             hidden = out.hidden_states[-1]  # after the final norm, as last_hidden_state
         else:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            decoder = base.get_decoder()  # LoRA layers are injected in place, so an adapter still applies here
-            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+            decoder = base_model(self.model).get_decoder()  # LoRA layers are injected in place: they still apply
+            virtual = VirtualTokens.of(self.model)
+            if virtual is not None:  # the virtual tokens condition the prompt, as in generation; pooled over the prompt
+                cache = DynamicCache(config=base_model(self.model).config)
+                inputs, _ = virtual.prefill_inputs(self.model, ids, mask, cache)
+                hidden = decoder(**inputs, use_cache=True, **{cache_keyword(self.model): cache}).last_hidden_state
+                hidden = hidden[:, -width:]
+            else:
+                hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1).float() / weights.sum(1).float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
-    def new_batch(self) -> DecodeBatch:
+    def use_static_cache(self, slots: int = 8, max_cache_len: int | None = None, compile: str = "auto") -> None:
+        """Decode with a preallocated `StaticCache` of `slots` rows x `max_cache_len` columns (default: the model's
+        context, at most 4096) from now on; `compile` "auto" captures the decode step as a CUDA graph on CUDA
+        (`torch.compile(mode="reduce-overhead")`), "on" forces it, "off" runs it eagerly (see `static_cache`)."""
+        from chatforge.serving.static_cache import compile_decode
+
+        if self.adapters:
+            raise NotSupportedError("--static-cache with several adapters is not supported; drop one of them")
+        length = int(max_cache_len or min(self.max_total, 4096))
+        if length < 2 or slots < 1:
+            raise ChatforgeError(f"static cache needs slots >= 1 and a length >= 2, got {slots} and {length}")
+        self.max_total = min(self.max_total, length)  # prompt + reply must fit the cache row
+        batch = DecodeBatch(self.model, self.tokenizer, self.max_total)
+        device = next(self.model.parameters()).device
+        self._decode = compile_decode(batch.forward_model, compile, device)
+        self.static = {"slots": int(slots), "max_cache_len": length, "compile": compile}
+        self._static_batches = {}
+
+    def new_batch(self, slots: int | None = None) -> DecodeBatch:
+        """A decode batch; with a static cache it has `slots` rows (default: `use_static_cache`'s)."""
+        if self.static is not None:
+            from chatforge.serving.static_cache import StaticDecodeBatch
+
+            # One batch (one StaticCache) per slot count, reused once it has drained: a captured CUDA graph keeps the
+            # cache's addresses, and a new cache object would mean recording (or compiling) the step again.
+            n = int(slots or self.static["slots"])
+            batch = self._static_batches.get(n)
+            if batch is not None and batch.reserved and len(batch) and all(s.cancelled.is_set() for s in batch.seqs):
+                batch._drop_done()  # its holder walked away (a stream closed early): every row is cancelled
+            if batch is None or batch.reserved:
+                batch = StaticDecodeBatch(
+                    self.model,
+                    self.tokenizer,
+                    self.max_total,
+                    slots=n,
+                    max_cache_len=self.static["max_cache_len"],
+                    decode=self._decode,
+                    multi_adapter=bool(self.adapters),
+                )
+                self._static_batches[n] = batch
+            batch.reserved = True
+            return batch
         return DecodeBatch(self.model, self.tokenizer, self.max_total, multi_adapter=bool(self.adapters))
 
     def add_adapter(self, name: str, path: str) -> None:
@@ -618,6 +693,11 @@ class Engine:
             raise ChatforgeError(f"--adapter {name}={path}: expected a folder with adapter_config.json")
         if not hasattr(self.model, "load_adapter"):
             raise ChatforgeError("several adapters need the first --adapter to be loaded with the model")
+        if VirtualTokens.of(self.model) is not None or _is_prompt_learning_folder(folder):
+            raise NotSupportedError(
+                f"--adapter {name}={path}: several adapters in one process work with LoRA adapters only; a prefix / "
+                "prompt / P-tuning adapter changes the prompt itself and needs a server of its own"
+            )
         if (folder / "tokenizer_config.json").is_file():
             from chatforge.models.loading import load_tokenizer
 
@@ -647,7 +727,7 @@ class Engine:
         seqs = [self.new_sequence(self.encode(c), params) for c in convs]
         # Similar lengths side by side waste less padding; results are returned in input order regardless.
         waiting = deque(sorted(seqs, key=lambda s: len(s.prompt_ids)))
-        batch = self.new_batch()
+        batch = self.new_batch(slots=min(batch_size, len(seqs)) or 1)
         while waiting or len(batch):
             free = batch_size - len(batch)
             if waiting and free > 0:
@@ -662,7 +742,7 @@ class Engine:
         pending: list[str] = []
         seq = self.new_sequence(self.encode(conv), params or SamplingParams(), on_delta=pending.append)
         self.last_sequence = seq
-        batch = self.new_batch()
+        batch = self.new_batch(slots=1)
         batch.add([seq])
         try:
             while True:

@@ -503,7 +503,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(these routes exist only with this flag)",
     )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument(
+        "--static-cache",
+        action="store_true",
+        help="decode with a preallocated static KV cache (--max-batch rows); on CUDA the decode step is captured "
+        "as a CUDA graph (torch.compile reduce-overhead), see --compile",
+    )
+    ap.add_argument(
+        "--static-cache-len",
+        type=int,
+        help="columns of the static cache = the longest prompt + reply (default: the model's context, at most 4096)",
+    )
+    ap.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="with --static-cache: capture the decode step as a CUDA graph (auto = on CUDA only)",
+    )
     return ap
+
+
+def configure_static_cache(engine: Engine, args: argparse.Namespace) -> None:
+    """Apply --static-cache / --static-cache-len / --compile to a loaded engine (rows = --max-batch)."""
+    if args.static_cache_len is not None and not args.static_cache:
+        raise ChatforgeError("--static-cache-len needs --static-cache")
+    if args.static_cache:
+        engine.use_static_cache(slots=args.max_batch, max_cache_len=args.static_cache_len, compile=args.compile)
 
 
 def parse_adapters(values: list[str]) -> list[tuple[str | None, str]]:
@@ -574,12 +599,20 @@ def main(argv: list[str] | None = None) -> int:
 
         toolbox = load_tools(args.tools)
     named = parse_adapters(args.adapter)
+    if args.static_cache and len(named) > 1:
+        raise NotSupportedError(
+            "--static-cache with several --adapter: the captured decode step cannot switch "
+            "adapters per row; serve one adapter per process or drop --static-cache"
+        )
+    if args.static_cache_len is not None and (args.static_cache_len < 2 or not args.static_cache):
+        raise ChatforgeError("--static-cache-len needs --static-cache and a value >= 2")
     first = named[0][1] if named else None
     engine = Engine.load(args.model, adapter=first, template=args.template, dtype=args.dtype, device=args.device)
     if named and named[0][0] is not None:
         engine.adapters[named[0][0]] = "default"  # PEFT's name for the adapter loaded with the model
         for name, path in named[1:]:
             engine.add_adapter(name, path)
+    configure_static_cache(engine, args)
     app = create_app(
         engine,
         args.served_name or default_served_name(args.model),

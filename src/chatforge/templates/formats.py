@@ -8,8 +8,9 @@ trained on). Each family's pieces were written from its published prompt format;
 format (Gemma, DeepSeek, Yi, Baichuan 2, Llama 2) chatforge's generic `<tool_call>` JSON format is used.
 
 Placeholders: `{content}` (message text) everywhere, `{round}` (1-based user-turn counter, from `round_start`) in
-`user`, `{call}` (the JSON object `{"name": ..., "<call_args_key>": {...}}`), `{name}` and `{arguments}` (JSON) in
-`tool_call`, `{calls}` in `tool_calls_block`.
+`user`, `{call}` (the JSON object `{"name": ..., "<call_args_key>": {...}}`), `{name}`, `{arguments}` (JSON) and
+`{kwargs}` (Python keyword arguments, ChatGLM3) in `tool_call`, `{calls}` in `tool_calls_block`, `{id}` (the answered
+call's id, with `call_ids`) in `tool`, `{date}` in `system_header`.
 
 User-defined templates: a YAML file with the same field names (see `load_template_file`), given as `template.name`.
 """
@@ -95,6 +96,16 @@ class ChatTemplate:
     # Which turns the `all_assistant` / `last_assistant` masks train: text replies and tool-calling replies by default.
     trained_roles: tuple[str, ...] = ("assistant", "tool_call")
     stop_words: tuple[str, ...] = ()  # extra strings that end generation
+    # Llama 3.1+: a header at the top of the system turn, which is then always present (also without a system
+    # message); `{date}` is `date` ("DD Mon YYYY", `template.date`); `tools_system_note` comes first when tools are
+    # given ("Environment: ipython").
+    system_header: str = ""
+    tools_system_note: str = ""
+    date: str | None = None
+    # Mistral: every tool call carries a 9-character alphanumeric id ("id" in the call JSON) that the tool result
+    # quotes (`{id}` in `tool`). chatforge's records have no ids, so they are derived from the call (see
+    # `render.tool_call_id`); messages that bring their own OpenAI ids keep them in the Jinja.
+    call_ids: bool = False
     # template.use_model_jinja: the model's own Jinja renders the text (masks from rendered prefixes, see
     # chatforge.templates.model_jinja); the pieces above then only give stop strings and the tool-call syntax.
     model_jinja: str | None = None
@@ -131,7 +142,11 @@ def _chatml(name: str, **kw) -> ChatTemplate:
 
 
 CHATML = _chatml("chatml")
+CHATGLM3_CODE_CALL = "{name}\n```python\ntool_call({kwargs})\n```"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+LLAMA31_SYSTEM_HEADER = "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
+LLAMA31_DEFAULT_DATE = "26 Jul 2024"
 
 LLAMA3_TOOLS_INTRO = (
     "Environment: ipython\n\nYou can call the functions below. To call one, reply with only a JSON object of the form "
@@ -198,6 +213,30 @@ _TEMPLATE_LIST = [
         stop_words=("<|eom_id|>",),
         special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
     ),
+    # Llama 3.1 / 3.2 / 3.3: Llama 3's turns plus the system header Meta documents for these models: the knowledge
+    # cutoff and today's date (its own templates default the date to 26 Jul 2024), "Environment: ipython" with tools.
+    ChatTemplate(
+        name="llama3.1",
+        bos="<|begin_of_text|>",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        system_header=LLAMA31_SYSTEM_HEADER,
+        tools_system_note="Environment: ipython\n",
+        date=LLAMA31_DEFAULT_DATE,
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant_end="<|eot_id|>",
+        tool_open="<|start_header_id|>ipython<|end_header_id|>\n\n",
+        tool="{content}",
+        tool_close="<|eot_id|>",
+        tool_call="{call}",
+        call_args_key="parameters",
+        tools_intro=LLAMA3_TOOLS_INTRO,
+        tools_outro="",
+        tools_join="\n\n",
+        tools_indent=4,
+        stop_words=("<|eom_id|>",),
+        special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
+    ),
     ChatTemplate(
         name="chatglm3",
         bos="[gMASK]sop",
@@ -209,7 +248,9 @@ _TEMPLATE_LIST = [
         reply_prefix="\n",
         tool_open="<|observation|>\n",
         tool="{content}",
-        tool_call="{name}\n{arguments}",
+        # ChatGLM3's own call syntax: the function name on the metadata line, then a Python call in a code block
+        # (its reference code evaluates `tool_call(**kwargs)`; chatforge parses it with `ast`, never eval).
+        tool_call=CHATGLM3_CODE_CALL,
         tools_intro="Answer the following questions as best as you can. You have access to the following tools:\n",
         tools_outro="",
         tools_item="function",
@@ -230,8 +271,9 @@ _TEMPLATE_LIST = [
         assistant_header="",
         reply_prefix=" ",
         assistant_end="</s>",
-        tool='[TOOL_RESULTS] {"content": {content}}[/TOOL_RESULTS]',  # no call ids: chatforge's records have none
+        tool='[TOOL_RESULTS] {"content": {content}, "call_id": "{id}"}[/TOOL_RESULTS]',
         tool_call="{call}",
+        call_ids=True,
         tool_call_join=", ",
         tool_calls_block="[TOOL_CALLS] [{calls}]",
         content_call_sep="",
@@ -314,6 +356,13 @@ _TEMPLATE_LIST = [
     ),
 ]
 
+# The layout LLaMA-Factory's `chatglm3` writes (and chatforge's `chatglm3` before code-style calls): JSON arguments.
+_TEMPLATE_LIST.append(
+    replace(
+        next(t for t in _TEMPLATE_LIST if t.name == "chatglm3"), name="chatglm3_json", tool_call="{name}\n{arguments}"
+    )
+)
+
 TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in _TEMPLATE_LIST}
 
 # LLaMA-Factory's template names (and common spellings) -> ours. LLaMA-Factory's `qwen` is the Qwen2/2.5 format.
@@ -322,10 +371,11 @@ ALIASES: dict[str, str] = {
     "qwen2": "qwen2.5",
     "qwen2_5": "qwen2.5",
     "qwen25": "qwen2.5",
-    "llama3.1": "llama3",
-    "llama3_1": "llama3",
-    "llama3.2": "llama3",
-    "llama3.3": "llama3",
+    "llama3_1": "llama3.1",
+    "llama3.2": "llama3.1",
+    "llama3_2": "llama3.1",
+    "llama3.3": "llama3.1",
+    "llama3_3": "llama3.1",
     "gemma2": "gemma",
     "gemma3": "gemma",
     "deepseek2": "deepseek",
@@ -338,6 +388,39 @@ ALIASES: dict[str, str] = {
     "llama2_zh": "human_assistant",
     "smollm": "smollm2",
 }
+
+
+def check_date(text: str) -> str:
+    """A `template.date`: "DD Mon YYYY" (as Llama 3.1 writes it, e.g. "05 Mar 2025"), or "today" (UTC, resolved
+    now). Returns the date text; raises ChatforgeError naming the expected form."""
+    import datetime
+
+    value = str(text).strip()
+    if value.lower() == "today":
+        return datetime.datetime.now(datetime.timezone.utc).strftime("%d %b %Y")
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    parts = value.split(" ")
+    try:
+        if len(parts) != 3 or len(parts[0]) != 2 or parts[1] not in months or len(parts[2]) != 4:
+            raise ValueError(value)
+        datetime.date(int(parts[2]), months.index(parts[1]) + 1, int(parts[0]))
+    except ValueError:
+        raise ChatforgeError(
+            f"{value!r} is not a date of the form 'DD Mon YYYY' (e.g. '05 Mar 2025') or 'today'"
+        ) from None
+    return value
+
+
+def with_date(template: ChatTemplate, date: str | None) -> ChatTemplate:
+    """The template with `template.date` applied (checked); templates without a date header are returned unchanged
+    when `date` is None and refused otherwise (the setting would do nothing)."""
+    if date is None:
+        return template
+    if "{date}" not in template.system_header:
+        raise ChatforgeError(
+            f"template.date is set, but chat template {template.name!r} has no date header (llama3.1 has one)"
+        )
+    return replace(template, date=check_date(date))
 
 
 def template_names() -> list[str]:
@@ -386,7 +469,7 @@ def template_from_dict(data: dict, source: str = "<template>") -> ChatTemplate:
                 problems.append(f"{key}: expected a list of strings")
                 continue
             value = tuple(value)
-        elif key in ("merge_tool_results", "train_next_marker"):
+        elif key in ("merge_tool_results", "train_next_marker", "call_ids"):
             if not isinstance(value, bool):
                 problems.append(f"{key}: expected true or false")
                 continue
@@ -394,7 +477,7 @@ def template_from_dict(data: dict, source: str = "<template>") -> ChatTemplate:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 problems.append(f"{key}: expected an integer")
                 continue
-        elif key in ("default_system", "system_in_first_user"):
+        elif key in ("default_system", "system_in_first_user", "date"):
             if value is not None and not isinstance(value, str):
                 problems.append(f"{key}: expected a string or null")
                 continue
@@ -419,8 +502,13 @@ def template_from_dict(data: dict, source: str = "<template>") -> ChatTemplate:
             problems.append(f"trained_roles: {role!r} is not one of {', '.join(TRAINABLE_ROLES)}")
     if "user" in values and "{content}" not in values["user"]:
         problems.append("user: must contain {content}")
-    if "tool_call" in values and not any(p in values["tool_call"] for p in ("{call}", "{arguments}")):
-        problems.append("tool_call: must contain {call} or {arguments}")
+    if "tool_call" in values and not any(p in values["tool_call"] for p in ("{call}", "{arguments}", "{kwargs}")):
+        problems.append("tool_call: must contain {call}, {arguments} or {kwargs}")
+    if values.get("date") is not None:
+        try:
+            values["date"] = check_date(values["date"])
+        except ChatforgeError as err:
+            problems.append(f"date: {err}")
     if "tool_calls_block" in values and "{calls}" not in values["tool_calls_block"]:
         problems.append("tool_calls_block: must contain {calls}")
     if problems:

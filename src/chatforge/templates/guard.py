@@ -16,12 +16,19 @@ the model's Jinja, and the saved template stays the model's own.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chatforge.data.schema import Conversation, Message, ToolCall
 from chatforge.errors import ChatforgeError
 from chatforge.templates.encode import Encoded, encode_conversation, encode_prompt, prepare_tokenizer, special_strings
-from chatforge.templates.formats import CHATML, ChatTemplate, get_template
+from chatforge.templates.formats import (
+    CHATML,
+    LLAMA31_DEFAULT_DATE,
+    ChatTemplate,
+    check_date,
+    get_template,
+    with_date,
+)
 from chatforge.templates.model_jinja import model_jinja, with_model_jinja
 from chatforge.templates.render import to_hf_messages
 
@@ -89,10 +96,25 @@ def probe_conversations() -> list[tuple[str, str, Conversation]]:
     ]
 
 
-def _render_ids(tokenizer, jinja: str, conv: Conversation, generation: bool) -> list[int]:
+def _jinja_kwargs(template: ChatTemplate | None) -> dict:
+    """Variables for rendering a model's own Jinja: Llama 3.1+ templates put `date_string` (else today's date, or
+    their default) in the system header; pass the date chatforge's template writes, so a dated header is compared
+    like for like instead of failing on the day the check runs."""
+    date = template.date if template is not None and template.date else LLAMA31_DEFAULT_DATE
+    return {"date_string": date}
+
+
+def _render_ids(
+    tokenizer, jinja: str, conv: Conversation, generation: bool, template: ChatTemplate | None = None
+) -> list[int]:
     messages, tools = to_hf_messages(conv)
     out = tokenizer.apply_chat_template(
-        messages, tools=tools, chat_template=jinja, tokenize=True, add_generation_prompt=generation
+        messages,
+        tools=tools,
+        chat_template=jinja,
+        tokenize=True,
+        add_generation_prompt=generation,
+        **_jinja_kwargs(template),
     )
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
@@ -108,13 +130,14 @@ class GuardReport:
         return line + (f" (skipped: {'; '.join(self.skipped)})" if self.skipped else "")
 
 
-def _tools_supported(tokenizer, jinja: str) -> bool:
+def _tools_supported(tokenizer, jinja: str, template: ChatTemplate | None = None) -> bool:
     """Does the model's template show tool definitions and tool calls at all?"""
     name, _, conv = probe_conversations()[3]
     messages, tools = to_hf_messages(conv)
+    kw = _jinja_kwargs(template)
     try:
-        with_tools = tokenizer.apply_chat_template(messages, tools=tools, chat_template=jinja, tokenize=False)
-        without = tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False)
+        with_tools = tokenizer.apply_chat_template(messages, tools=tools, chat_template=jinja, tokenize=False, **kw)
+        without = tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False, **kw)
     except Exception:  # noqa: BLE001 - any template error means: this template cannot render tools
         return False
     return with_tools != without and "Paris" in with_tools.split("Weather in Paris?", 1)[-1]
@@ -132,7 +155,7 @@ def _first_mismatch(tokenizer, jinja: str, template: ChatTemplate, report: Guard
     if _missing_markers(tokenizer, template):  # prepare_tokenizer would change it: work on a copy
         ours_tok = copy.deepcopy(tokenizer)
         prepare_tokenizer(ours_tok, template, install_jinja=False)
-    tools_ok = _tools_supported(tokenizer, jinja)
+    tools_ok = _tools_supported(tokenizer, jinja, template)
     if not tools_ok:
         report.skipped.append("tool probes (the model's template has no tool format; chatforge's applies)")
     final_end = ours_tok.encode(template.final_end, add_special_tokens=False) if template.final_end else []
@@ -142,7 +165,7 @@ def _first_mismatch(tokenizer, jinja: str, template: ChatTemplate, report: Guard
         prompt = Conversation(conv.messages[:-1], tools=conv.tools)
         for label, c, generation in ((name, conv, False), (f"{name}, generation prompt", prompt, True)):
             try:
-                theirs = _render_ids(tokenizer, jinja, c, generation)
+                theirs = _render_ids(tokenizer, jinja, c, generation, template)
             except Exception as err:  # noqa: BLE001 - a template that raises cannot render this kind of chat
                 report.skipped.append(f"{label} (the model's template raised: {str(err)[:80]})")
                 continue
@@ -230,6 +253,7 @@ _NEEDLES = (
     ("[AVAILABLE_TOOLS]", "mistral"),
     ("[TOOL_CALLS]", "mistral"),
     ("<<SYS>>", "llama2"),
+    ("Cutting Knowledge Date", "llama3.1"),
     ("<|start_header_id|>", "llama3"),
     ("<|im_start|>", "chatml"),
     ("Human: ", "human_assistant"),
@@ -305,11 +329,13 @@ def choose_template(
     default_system: str | None = None,
     fallback: str = "chatml",
     check: bool = True,
+    date: str | None = None,
 ) -> TemplateChoice:
     """Pick the run's template: `name` (template.name) if given, else the family the tokenizer's own Jinja looks like,
     else `fallback`; then guard it against the model's own template (unless `use_model_jinja`, or `check=False` for
     tokenizers chatforge just built). `default_system` (template.default_system) is applied after the check: it is the
-    user's deliberate change. Call before `prepare_tokenizer`."""
+    user's deliberate change. `date` (template.date, "DD Mon YYYY" or "today") sets a dated template's header (Llama
+    3.1) before the check. Call before `prepare_tokenizer`."""
     if name:
         template, source = get_template(name), "template.name"
     else:
@@ -318,6 +344,10 @@ def choose_template(
             template, source = get_template(guess), "picked from the model's own chat template"
         else:
             template, source = get_template(fallback), "the model has no recognisable chat template; default"
+    if date is not None and use_model_jinja:  # the model's own Jinja gets it as date_string
+        template = replace(template, date=check_date(date))
+    elif date is not None:  # template.date: the guard compares with the model's Jinja rendered for that date
+        template = with_date(template, date)
     report = None
     if use_model_jinja:
         template = with_model_jinja(template, tokenizer)

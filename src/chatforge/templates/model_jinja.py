@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from chatforge.data.schema import Conversation
 from chatforge.errors import ChatforgeError, DataError
-from chatforge.templates.formats import ChatTemplate
+from chatforge.templates.formats import LLAMA31_DEFAULT_DATE, ChatTemplate
 from chatforge.templates.render import MASK_MODES, Segment, to_hf_messages
 
 
@@ -53,6 +53,9 @@ def render_jinja(template: ChatTemplate, messages: list[dict], tools, add_genera
             tools=tools,
             chat_template=template.model_jinja,
             add_generation_prompt=add_generation_prompt,
+            # Llama 3.1+ templates print `date_string` (else today's date): a fixed date keeps the training text,
+            # and so the tokenization cache, the same from day to day (template.date sets it).
+            date_string=template.date or LLAMA31_DEFAULT_DATE,
             **dict(template.jinja_vars),
         )
     except ChatforgeError:

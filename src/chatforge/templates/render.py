@@ -20,8 +20,15 @@ from chatforge.templates.formats import HERMES_TOOL_CALL, THINK_CLOSE, THINK_OPE
 MaskMode = Literal["all_assistant", "last_assistant", "all"]
 MASK_MODES = ("all_assistant", "last_assistant", "all")
 
-_PLACEHOLDER = re.compile(r"\{(content|round|call|name|arguments|calls)\}")
-_CONTENT_KEYS = ("content", "call", "name", "arguments")  # text from data or the model: never special tokens
+_PLACEHOLDER = re.compile(r"\{(content|round|call|name|arguments|kwargs|calls|id|date)\}")
+_CONTENT_KEYS = (
+    "content",
+    "call",
+    "name",
+    "arguments",
+    "kwargs",
+    "id",
+)  # text from data or the model: never special tokens
 
 
 @dataclass(frozen=True)
@@ -67,16 +74,70 @@ def tools_text(tools: list[dict], template: ChatTemplate) -> str:
     return t.tools_intro + body + t.tools_outro
 
 
-def call_json(call: ToolCall, template: ChatTemplate) -> str:
-    return json.dumps({"name": call.name, template.call_args_key: call.arguments}, ensure_ascii=False)
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _call_segments(call: ToolCall, template: ChatTemplate, trained: bool) -> list[Segment]:
+def tool_call_id(index: int, call: ToolCall) -> str:
+    """A Mistral-style call id (9 alphanumeric characters) for the `index`-th call of a conversation, derived from the
+    call itself so that renders are reproducible (the training data, the cache key and the saved Jinja agree)."""
+    import hashlib
+
+    key = f"{index}\0{call.name}\0{json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)}"
+    n = int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    out = []
+    for _ in range(9):
+        n, r = divmod(n, len(_ID_ALPHABET))
+        out.append(_ID_ALPHABET[r])
+    return "".join(out)
+
+
+def call_json(call: ToolCall, template: ChatTemplate, call_id: str | None = None) -> str:
+    obj = {"name": call.name, template.call_args_key: call.arguments}
+    if template.call_ids and call_id is not None:
+        obj["id"] = call_id
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def py_literal(value) -> str:
+    """A JSON value written as a Python literal (True/False/None; strings as JSON strings, which Python reads)."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {py_literal(v)}" for k, v in value.items())
+            + "}"
+        )
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(py_literal(v) for v in value) + "]"
+    raise ChatforgeError(f"tool-call argument of type {type(value).__name__} cannot be written as a Python literal")
+
+
+def py_kwargs(arguments: dict) -> str:
+    """Arguments as Python keyword arguments (`city="Paris", days=2`), ChatGLM3's `tool_call(...)` syntax."""
+    bad = [k for k in arguments if not str(k).isidentifier()]
+    if bad:
+        raise ChatforgeError(
+            f"tool-call argument name {bad[0]!r} is not a Python identifier: ChatGLM3's code-style calls "
+            "(tool_call(name=value)) cannot write it; use template.name=chatglm3_json"
+        )
+    return ", ".join(f"{k}={py_literal(v)}" for k, v in arguments.items())
+
+
+def _call_segments(call: ToolCall, template: ChatTemplate, trained: bool, call_id: str | None = None) -> list[Segment]:
     values = {
-        "call": call_json(call, template),
+        "call": call_json(call, template, call_id),
         "name": call.name,
         "arguments": json.dumps(call.arguments, ensure_ascii=False),
     }
+    if "{kwargs}" in template.tool_call:
+        values["kwargs"] = py_kwargs(call.arguments)
     return _fill(template.tool_call, values, trained)
 
 
@@ -100,6 +161,9 @@ def _system_text(conv: Conversation, template: ChatTemplate) -> str | None:
     if conv.tools and template.tools_placement == "system":
         block = tools_text(conv.tools, template)
         system = f"{system}\n\n{block}" if system else block
+    if template.system_header:  # Llama 3.1: the dated header opens every conversation's system turn
+        header = template.system_header.replace("{date}", template.date or "")
+        system = (template.tools_system_note if conv.tools else "") + header + (system or "")
     return system
 
 
@@ -152,6 +216,8 @@ def render_segments(
     pending_tools = tools_text(conv.tools, t) if conv.tools and t.tools_placement == "before_first_user" else None
 
     round_no = t.round_start - 1
+    call_count = 0  # calls so far (their ids) and the ids of the latest calls, which the next tool results answer
+    answer_ids: list[str] = []
     carry: bool | None = None  # the previous reply's trained flag, for formats ended by the next role marker
     i = 0
     while i < n:
@@ -187,7 +253,11 @@ def render_segments(
                 trained = i == last_assistant
             else:
                 trained = True
-            segments += _assistant_segments(message, t, trained, everything, i > last_user, i == n - 1)
+            ids = [tool_call_id(call_count + k, c) for k, c in enumerate(message.tool_calls)]
+            call_count += len(ids)
+            if ids:
+                answer_ids = list(ids)
+            segments += _assistant_segments(message, t, trained, everything, i > last_user, i == n - 1, ids)
         elif message.role == "tool":
             group = [message]
             while t.merge_tool_results and i + 1 < n and messages[i + 1].role == "tool":
@@ -198,7 +268,8 @@ def render_segments(
             for k, m in enumerate(group):
                 if k:
                     segments += _fill(t.tool_join, {}, trained)
-                segments += _fill(t.tool, {"content": m.content}, trained)
+                answered = answer_ids.pop(0) if answer_ids else ""
+                segments += _fill(t.tool, {"content": m.content, "id": answered}, trained)
             segments += _fill(t.tool_close, {}, trained)
         elif message.role == "system":
             segments += _fill(t.system, {"content": message.content}, context("system"))
@@ -220,7 +291,13 @@ def render_segments(
 
 
 def _assistant_segments(
-    message: Message, t: ChatTemplate, trained: bool, everything: bool, after_last_user: bool, is_last: bool
+    message: Message,
+    t: ChatTemplate,
+    trained: bool,
+    everything: bool,
+    after_last_user: bool,
+    is_last: bool,
+    ids: list[str] | None = None,
 ) -> list[Segment]:
     out = [Segment(t.assistant_header, everything, False)]
     content = message.content
@@ -246,7 +323,7 @@ def _assistant_segments(
         for k, call in enumerate(message.tool_calls):
             if k:
                 out.append(Segment(t.tool_call_join, trained, False))
-            out += _call_segments(call, t, trained)
+            out += _call_segments(call, t, trained, (ids or [None] * (k + 1))[k])
         out.append(Segment(after, trained, False))
     out.append(Segment(t.assistant_end, trained, False))
     if t.assistant_sep:
@@ -299,6 +376,11 @@ def _match_parts(text: str, pos: int, parts, template: ChatTemplate) -> tuple[in
             if not m:
                 return None
             values["name"], pos = m.group(0), m.end()
+        elif key == "kwargs":  # Python keyword arguments up to the next literal part (ChatGLM3's tool_call(...))
+            got = _parse_kwargs(text, pos, parts)
+            if got is None:
+                return None
+            pos, values["arguments"] = got
         else:  # call / arguments: one JSON value
             try:
                 value, pos = _DECODER.raw_decode(text, pos)
@@ -306,6 +388,38 @@ def _match_parts(text: str, pos: int, parts, template: ChatTemplate) -> tuple[in
                 return None
             values[key] = value
     return pos, values
+
+
+def _parse_kwargs(text: str, pos: int, parts) -> tuple[int, dict] | None:
+    """Read `k=literal, ...` (or `**{...}`) at text[pos:], ending where the literal after `{kwargs}` starts. Only
+    literals are accepted (`ast.literal_eval`): generated text is never evaluated."""
+    import ast
+
+    keys = [k for _, k in parts]
+    follow = parts[keys.index("kwargs") + 1][0] if keys.index("kwargs") + 1 < len(parts) else ""
+    ends = [m.start() for m in re.finditer(re.escape(follow), text[pos:])] if follow else [len(text) - pos]
+    for end in ends:
+        body = text[pos : pos + end]
+        try:
+            node = ast.parse(f"f({body})", mode="eval").body
+        except (SyntaxError, ValueError):
+            continue
+        if not isinstance(node, ast.Call) or node.args:
+            return None
+        args: dict = {}
+        try:
+            for kw in node.keywords:
+                value = ast.literal_eval(kw.value)
+                if kw.arg is None:
+                    if not isinstance(value, dict):
+                        return None
+                    args.update(value)
+                else:
+                    args[kw.arg] = value
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+        return pos + end, args
+    return None
 
 
 def _one_call(text: str, pos: int, template: ChatTemplate) -> tuple[int, ToolCall] | None:
@@ -455,7 +569,21 @@ def _jinja_assistant(t: ChatTemplate) -> str:
             "{%- set think = '<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' -%}"
             "{%- set content = content.lstrip('\\n') -%}{%- endif -%}"
         )
-    call_exprs = {"call": "call", "name": "f['name']", "arguments": "args"}
+    call_exprs = {"call": "call", "name": "f['name']", "arguments": "args", "kwargs": "cf_kwargs(f['arguments'])"}
+    call_id = ""
+    if t.call_ids:
+        call_id = "', \"id\": ' + (tc['id'] | tojson) + "
+    needs = ""
+    if t.call_ids:
+        needs += (
+            "{%- if tc.get('id') is none -%}{{ raise_exception('tool calls in this format need an id "
+            "(9 alphanumeric characters)') }}{%- endif -%}"
+        )
+    if "{kwargs}" in t.tool_call:
+        needs += (
+            "{%- if f['arguments'] is string -%}{{ raise_exception('code-style tool calls need the arguments as a "
+            "mapping, not a JSON string') }}{%- endif -%}"
+        )
     before, _, after = t.tool_calls_block.partition("{calls}")
     parts += [
         f"{{{{ {_lit(t.assistant_header)} + think }}}}",
@@ -467,7 +595,8 @@ def _jinja_assistant(t: ChatTemplate) -> str:
         "{%- set f = tc['function'] if tc.get('function') is not none else tc -%}",
         "{%- if f['arguments'] is string -%}{%- set args = f['arguments'] -%}"
         "{%- else -%}{%- set args = f['arguments'] | tojson -%}{%- endif -%}",
-        f"{{%- set call = '{{\"name\": ' + (f['name'] | tojson) + ', \"{t.call_args_key}\": ' + args + '}}' -%}}",
+        needs,
+        f"{{%- set call = '{{\"name\": ' + (f['name'] | tojson) + ', \"{t.call_args_key}\": ' + args + {call_id}'}}' -%}}",
         _jout(t.tool_call, call_exprs),
         "{%- endfor -%}",
         _jout(after),
@@ -479,8 +608,23 @@ def _jinja_assistant(t: ChatTemplate) -> str:
     return "".join(p for p in parts if p)
 
 
+_JINJA_PY_MACROS = (
+    # ChatGLM3 code-style calls: JSON values written as Python literals, as `render.py_literal` does.
+    "{%- macro cf_py(v) -%}"
+    "{%- if v is none -%}{{ 'None' }}"
+    "{%- elif v is boolean -%}{{ 'True' if v else 'False' }}"
+    "{%- elif v is string or v is number -%}{{ v | tojson }}"
+    "{%- elif v is mapping -%}{{ '{' }}{%- for k in v -%}{%- if not loop.first -%}{{ ', ' }}{%- endif -%}"
+    "{{ (k | string) | tojson }}{{ ': ' }}{{ cf_py(v[k]) }}{%- endfor -%}{{ '}' }}"
+    "{%- else -%}{{ '[' }}{%- for x in v -%}{%- if not loop.first -%}{{ ', ' }}{%- endif -%}{{ cf_py(x) }}"
+    "{%- endfor -%}{{ ']' }}{%- endif -%}{%- endmacro -%}"
+    "{%- macro cf_kwargs(a) -%}{%- for k in a -%}{%- if not loop.first -%}{{ ', ' }}{%- endif -%}"
+    "{{ k }}={{ cf_py(a[k]) }}{%- endfor -%}{%- endmacro -%}"
+)
+
+
 def _jinja_tool(t: ChatTemplate) -> str:
-    body = _jout(t.tool, {"content": "m['content']"})
+    body = _jout(t.tool, {"content": "m['content']", "id": "(m.get('tool_call_id') or '')"})
     if not t.merge_tool_results:
         return _jout(t.tool_open) + body + _jout(t.tool_close)
     return (
@@ -492,6 +636,17 @@ def _jinja_tool(t: ChatTemplate) -> str:
         + "{%- if loop.last or ns.msgs[loop.index0 + 1]['role'] != 'tool' -%}"
         + _jout(t.tool_close)
         + "{%- endif -%}"
+    )
+
+
+def _jinja_system_header(t: ChatTemplate) -> str:
+    """Llama 3.1's dated system header; `date_string` (the name Llama's own templates use) overrides the date."""
+    if not t.system_header:
+        return ""
+    return (
+        f"{{%- if date_string is not defined -%}}{{%- set date_string = {_lit(t.date or '')} -%}}{{%- endif -%}}"
+        f"{{%- set ns.system = ({_lit(t.tools_system_note)} if tools else '') + "
+        f"{_jexpr(t.system_header, {'date': 'date_string'})} + (ns.system if ns.system is not none else '') -%}}"
     )
 
 
@@ -513,8 +668,11 @@ def to_jinja(template: ChatTemplate) -> str:
         "{%- set ns.system = messages[0]['content'] -%}{%- set ns.msgs = messages[1:] -%}"
         f"{{%- else -%}}{{%- set ns.system = {default_system} -%}}{{%- endif -%}}",
         _jinja_tools(t),
+        _jinja_system_header(t),
         _jout(t.bos),
     ]
+    if "{kwargs}" in t.tool_call:
+        parts.insert(0, _JINJA_PY_MACROS)
     if t.system_in_first_user is not None:
         parts.append("{%- if ns.system is not none -%}{%- set ns.pending = ns.system -%}{%- endif -%}")
     elif t.system:
@@ -561,12 +719,20 @@ def to_jinja(template: ChatTemplate) -> str:
 def to_hf_messages(conv: Conversation) -> tuple[list[dict], list[dict] | None]:
     """The conversation in the shape `tokenizer.apply_chat_template(messages, tools=...)` takes."""
     messages = []
+    count, answer_ids = 0, []
     for m in conv.messages:
         d: dict = {"role": m.role, "content": m.content}
         if m.tool_calls:
+            # Call ids (and the tool_call_id of each result) as chatforge's renderer derives them (`tool_call_id`).
+            ids = [tool_call_id(count + k, c) for k, c in enumerate(m.tool_calls)]
+            count += len(ids)
+            answer_ids = list(ids)
             d["tool_calls"] = [
-                {"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
+                {"id": i, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for i, c in zip(ids, m.tool_calls)
             ]
+        elif m.role == "tool" and answer_ids:
+            d["tool_call_id"] = answer_ids.pop(0)
         messages.append(d)
     tools = [{"type": "function", "function": t} for t in conv.tools] if conv.tools else None
     return messages, tools
