@@ -118,7 +118,7 @@ def evaluate(name: str, model: str, adapter: Path | None, data: Path, a, out: Pa
             "eval",
             f"model.name_or_path={model}",
             f"data.val=[{data / 'test.jsonl'}]",
-            "data.max_length=768",
+            "data.max_length=1024",
             "eval.tasks=[grounded_qa,grounded_qa_calibrated]",
             f"eval.calibration_data=[{data / 'val.jsonl'}]",
             f"eval.target_false_refusal={a.target_false_refusal}",
