@@ -101,6 +101,7 @@ def train(name: str, spec: dict, model: str, data: Path, a, out: Path) -> tuple[
         f"data.val=[{data / 'val.jsonl'}]",
         f"output.dir={run_dir}",
         "train.progress=false",
+        "train.resume=auto",  # a cut-off bench continues (or restarts) the run instead of refusing the folder
         *common(a),
     ]
     if a.steps:
@@ -119,7 +120,8 @@ def evaluate(name: str, model: str, adapter: Path | None, data: Path, a, out: Pa
             f"model.name_or_path={model}",
             f"data.val=[{data / 'test.jsonl'}]",
             "data.max_length=1024",
-            "eval.tasks=[grounded_qa,grounded_qa_calibrated]",
+            # The calibrated task also reports the greedy replies' metrics: one generation pass gives both rows.
+            "eval.tasks=[grounded_qa_calibrated]",
             f"eval.calibration_data=[{data / 'val.jsonl'}]",
             f"eval.target_false_refusal={a.target_false_refusal}",
             f"eval.max_samples={a.limit or 'null'}",
@@ -141,10 +143,11 @@ def evaluate(name: str, model: str, adapter: Path | None, data: Path, a, out: Pa
 
 def rows_of(run: str, spec: dict, stage: str, report: dict, summary: dict | None, train_s: float) -> list[dict]:
     rows = []
-    for task, variant in (("grounded_qa", stage), ("grounded_qa_calibrated", f"{stage} + calibration")):
-        t = report["tasks"][task]
-        m, d = t["metrics"], t["details"]
-        conf = d.get("confusion", {})
+    t = report["tasks"]["grounded_qa_calibrated"]
+    d = t["details"]
+    for calibrated, variant in ((False, stage), (True, f"{stage} + calibration")):
+        m = t["metrics"] if calibrated else d["greedy_metrics"]
+        conf = d["confusion"] if calibrated else d["greedy_confusion"]
         row = {
             "run": run,
             "dataset": spec["dataset"],
@@ -158,7 +161,7 @@ def rows_of(run: str, spec: dict, stage: str, report: dict, summary: dict | None
             "confusion": conf,
             "eval_seconds": round(t["seconds"], 1),
         }
-        if task == "grounded_qa_calibrated":
+        if calibrated:
             row["threshold"] = d.get("threshold")
             row["target_false_refusal"] = d.get("target_false_refusal")
         if summary is not None:

@@ -111,7 +111,7 @@ def test_restore_refuses_a_best_folder_of_another_step(tmp_path):
     from chatforge.training.state import TrainState
 
     model = torch.nn.Linear(2, 2)
-    keeper = BestKeeper(tmp_path)
+    keeper = BestKeeper(tmp_path, resumed=True)
     state = TrainState(step=4, best_step=4, best_val=1.0)
     keeper.after_eval(state, model)
     saved = model.weight.detach().clone()
@@ -123,4 +123,18 @@ def test_restore_refuses_a_best_folder_of_another_step(tmp_path):
     state.best_step = 6  # the folder holds step 4: never restore weights of a different step
     with pytest.raises(ChatforgeError, match="best validation loss was at step 6"):
         keeper.restore(state, model)
-    assert BestKeeper(tmp_path).saved_step == 4  # a resumed run finds the best so far on disk
+    assert BestKeeper(tmp_path, resumed=True).saved_step == 4  # a resumed run finds the best so far on disk
+    assert BestKeeper(tmp_path).saved_step is None and not best_dir(tmp_path).exists()  # a fresh run clears it
+
+
+def test_refuse_examples_load_and_restore_best():
+    from pathlib import Path
+
+    from chatforge.training.config import load_train_config
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "examples" / "refuse").glob("*.yaml"))
+    assert len(configs) == 3
+    for path in configs:
+        assert path.read_text().startswith("# chatforge data convert "), path.name
+        cfg = load_train_config(path)
+        assert cfg.train.restore_best and cfg.peft.finetuning == "lora" and cfg.data.val, path.name

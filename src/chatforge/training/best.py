@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,13 +67,20 @@ class BestKeeper:
 
     output_dir: Path
     enabled: bool = True
+    resumed: bool = False  # a resumed run trusts the best folder of its earlier processes; a fresh run clears it
     saved_step: int | None = None  # the step whose weights are in checkpoints/best (this process or an earlier one)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
-        info = best_dir(self.output_dir) / INFO
-        if self.enabled and info.is_file():  # a resumed run: its best so far is on disk already
-            self.saved_step = int(json.loads(info.read_text())["step"])
+        folder = best_dir(self.output_dir)
+        if not self.resumed:
+            # Left by a run that was killed before any checkpoint (train.resume=auto then starts afresh): its step
+            # numbers would collide with this run's.
+            if folder.exists() and _is_main_process():
+                shutil.rmtree(folder)
+            return
+        if self.enabled and (folder / INFO).is_file():  # its best so far is on disk already
+            self.saved_step = int(json.loads((folder / INFO).read_text())["step"])
 
     def after_eval(self, state, model: torch.nn.Module) -> None:
         """Call after `state.track_validation`: saves the weights when this evaluation became the best one."""

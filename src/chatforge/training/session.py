@@ -89,7 +89,9 @@ def run_session(
     throughput = Throughput(FlopModel.of(tm.model), peak_flops(tm.device, tcfg.peak_tflops))
     if tm.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(tm.device)  # peak of training itself (weights stay allocated)
-    best = BestKeeper(out, enabled=tcfg.restore_best)  # train.restore_best (training/best.py)
+    best = BestKeeper(
+        out, enabled=tcfg.restore_best, resumed=resume is not None
+    )  # train.restore_best (training/best.py)
     t_loop = time.perf_counter()
     result = run_loop(
         model=tm.model,
