@@ -15,8 +15,9 @@ CPU smoke test (tiny model, a few steps, a few items):
       --steps 2 --limit 8 --cpu --out /tmp/refuse_smoke
 
 Every command and its output go to OUT/logs/; a finished step (its report.json / summary.json exists) is not redone,
-so a cut-off run continues where it stopped. Needs chatforge's own dependencies only (gguf for GGUF models, jieba for
-the WebQA conversion).
+so a cut-off run continues where it stopped, and a re-run rebuilds the table from every finished run. Needs
+chatforge's own dependencies only: gguf for GGUF models, jieba for the WebQA conversion (or convert elsewhere first
+with --convert-only and bring OUT/data along).
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def rows_of(run: str, spec: dict, stage: str, report: dict, summary: dict | None
             row["target_false_refusal"] = d.get("target_false_refusal")
         if summary is not None:
             row.update(
-                train_seconds=round(train_s or summary.get("time_s") or 0.0, 1),
+                train_seconds=summary.get("time_s"),  # the run's own time (model loading excluded)
+                train_wall_seconds=round(train_s, 1) if train_s else None,  # this process's command, when it ran
                 steps=summary.get("steps"),
                 best_step=summary.get("best_step"),
                 saved_step=summary.get("saved_step"),
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-false-refusal", type=float, default=0.1)
     p.add_argument("--template", default=None, help="template.name for models without a chat template (tiny models)")
     p.add_argument("--cpu", action="store_true", help="CPU settings: fp32, 1 thread, small batches")
+    p.add_argument(
+        "--convert-only",
+        action="store_true",
+        help="only convert the data into OUT/data (e.g. here, where jieba is installed) and stop",
+    )
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
     a.data = str(Path(a.data).resolve())
@@ -232,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in wanted:
         if r not in todo:
             log(f"skipping {r}: no --{RUNS[r]['model']} model given")
+    if a.convert_only:
+        for dataset in dict.fromkeys(RUNS[r]["dataset"] for r in wanted):
+            log(f"{dataset}: {convert(dataset, a, out)}")
+        return 0
     t0 = time.perf_counter()
     rows: list[dict] = []
     for name in todo:
