@@ -100,6 +100,8 @@ def refusal_scores(ctx: EvalContext, items: list[Item], openings: list[list[int]
     """Per item: log P(reply starts with a refusal opening) - log P(it does not)."""
     from chatforge.evaluation.loglik import Request, score_requests
 
+    if not items:
+        return []
     prompts = _prompt_ids(ctx, items)
     pad = ctx.engine.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
