@@ -88,6 +88,9 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
         specs[name] = load_spec(name)
         check_allowed(specs[name], cfg.eval)
         find_subjects(specs[name], benchmark_dir(cfg.eval))  # a wrong data folder fails before the model loads
+    from chatforge.evaluation.abstain import check_config
+
+    check_config(cfg)  # grounded_qa_calibrated: its calibration inputs, before the model loads
     if not cfg.data.val and any(name in TASKS for name in cfg.eval.tasks):
         raise ChatforgeError("data.val lists no evaluation files; e.g. data.val=[path/to/test.jsonl]")
     out = _prepare_output(cfg)
@@ -104,7 +107,9 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
     if engine is None:
         _log(f"loading {cfg.model.name_or_path}" + (f" + adapter {cfg.model.adapter}" if cfg.model.adapter else ""))
         engine = load_engine(cfg)
-    ctx = EvalContext(engine, cfg.eval, cfg.template.mask, cfg.data.max_length, cfg.template.default_system)
+    ctx = EvalContext(
+        engine, cfg.eval, cfg.template.mask, cfg.data.max_length, cfg.template.default_system, out_dir=out
+    )
     template_name = getattr(engine.template, "name", str(engine.template))
     label = out.resolve().name  # the run folder names a run best in comparisons (e.g. webqa_base, webqa_lora)
     report: dict[str, Any] = {
@@ -146,7 +151,7 @@ def evaluate(cfg: EvalRunConfig, engine: Any = None) -> tuple[Path, dict[str, An
             pool = [it for path in cfg.data.val for it in task.items(path)]
             items = sample(pool, cfg.eval.max_samples, cfg.eval.seed)
         else:
-            if name == "grounded_qa":
+            if name in ("grounded_qa", "grounded_qa_calibrated"):
                 items = task.items(records, cfg.eval.refusal_patterns)
             else:
                 items = task.items(records)

@@ -6,7 +6,10 @@ Every task in `eval.tasks` runs on those files:
                every token (raw-text records)
   generate     the last assistant turn is the reference; BLEU-4 and ROUGE-1/2/L of the generated reply
   toolcall     every assistant turn is a reference; slot P/R/F1 for tool-call turns, BLEU-4 for text turns
-  grounded_qa  answer-or-refuse: EM / F1 / false refusals on answerable, refusal P/R/F1 on unanswerable questions
+  grounded_qa  answer-or-refuse: EM / F1 / false refusals on answerable, refusal P/R/F1 on unanswerable questions,
+               and the confusion matrix (answered correct / wrong / refused; refused / answered)
+  grounded_qa_calibrated  the same, deciding answer-or-refuse by the model's refusal probability with a threshold
+               fitted on eval.calibration_data to eval.target_false_refusal (evaluation/abstain.py)
   choice       JSONL of {question, choices, answer}: option log-likelihoods, accuracy with a 95% interval
 Standard benchmarks run by name from their own files under eval.benchmark_dir (data.val is not used for them):
   mmlu cmmlu ceval arc_easy arc_challenge boolq commonsenseqa gsm8k humaneval, or the path of your own task YAML
@@ -21,7 +24,7 @@ from typing import Literal
 
 from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConfig, load_config
 
-DATA_TASKS = ("lm", "generate", "toolcall", "grounded_qa", "choice")
+DATA_TASKS = ("lm", "generate", "toolcall", "grounded_qa", "grounded_qa_calibrated", "choice")
 
 
 @dataclass
@@ -46,6 +49,29 @@ class EvalConfig:
     )
     refusal_patterns: list[str] = field(
         default_factory=list, metadata={"help": "extra regular expressions that mark a reply as a refusal"}
+    )
+    # grounded_qa_calibrated (evaluation/abstain.py)
+    calibration_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "grounded_qa_calibrated: grounded-QA files the threshold is fitted on (the val split)"},
+    )
+    target_false_refusal: float = field(
+        default=0.1,
+        metadata={
+            "help": "grounded_qa_calibrated: highest share of answerable calibration items refused",
+            "min": 0,
+            "max": 1,
+        },
+    )
+    calibration: str | None = field(
+        default=None, metadata={"help": "grounded_qa_calibrated: reuse this calibration.json instead of fitting"}
+    )
+    calibration_max_samples: int | None = field(
+        default=400, metadata={"help": "grounded_qa_calibrated: calibration items (a seeded sample)", "min": 1}
+    )
+    refusal_prefix_tokens: int = field(
+        default=4,
+        metadata={"help": "grounded_qa_calibrated: tokens of each refusal opening scored", "min": 1, "max": 64},
     )
     num_fewshot: int | None = field(
         default=None,

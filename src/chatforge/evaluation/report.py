@@ -99,6 +99,36 @@ def chart_values(metrics: dict[str, float], scales: dict[str, float]) -> dict[st
     return {m: float(metrics[m]) * s for m, s in scales.items() if m in metrics and metrics[m] == metrics[m]}
 
 
+def _confusion_lines(name: str, c: dict[str, dict[str, int]]) -> list[str]:
+    """Grounded QA: what the model did with answerable and unanswerable questions, as counts."""
+    a, u = c.get("answerable", {}), c.get("unanswerable", {})
+    title = "Confusion matrix" if name == "confusion" else "Confusion matrix of the greedy replies (uncalibrated)"
+    return [
+        "",
+        f"{title}:",
+        "",
+        "| question | answered correctly | answered wrong | refused |",
+        "|---|---|---|---|",
+        f"| answerable | {a.get('answered_correct', 0)} | {a.get('answered_wrong', 0)} | {a.get('refused', 0)} |",
+        f"| unanswerable | - | {u.get('answered', 0)} (answered) | {u.get('refused', 0)} |",
+    ]
+
+
+def _curve_lines(curve: list[dict[str, Any]]) -> list[str]:
+    """Calibrated abstention: refusal recall against false-refusal rate at several fitted thresholds."""
+    lines = ["", "Trade-off (thresholds fitted on these items to each target):", ""]
+    lines += ["| target false refusal | threshold | false refusal | refusal recall | refusal precision |"]
+    lines += ["|---|---|---|---|---|"]
+    for row in curve:
+        t = row["threshold"]
+        t = f"{t:.3f}" if isinstance(t, (int, float)) else str(t)
+        lines.append(
+            f"| {100 * row['target_false_refusal']:.0f}% | {t} | {100 * row['false_refusal_rate']:.1f}% | "
+            f"{100 * row['refusal_recall']:.1f}% | {100 * row['refusal_precision']:.1f}% |"
+        )
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     lines = [f"# Evaluation: {run['model']}" + (f" + {run['adapter']}" if run.get("adapter") else ""), ""]
@@ -118,6 +148,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 for subj, row in v.items():
                     cells = " | ".join(_fmt(m, row.get(m, float("nan"))) for m in names)
                     lines.append(f"| {subj} | {row['n']} | {cells} |")
+                continue
+            if k in ("confusion", "greedy_confusion") and isinstance(v, dict):  # grounded QA (issue 21)
+                lines += _confusion_lines(k, v)
+                continue
+            if k == "curve" and isinstance(v, list) and v:
+                lines += _curve_lines(v)
                 continue
             if isinstance(v, dict):
                 lines += [f"- {k}: " + ", ".join(f"{kk} {_fmt(kk, vv)}" for kk, vv in v.items())]

@@ -37,6 +37,7 @@ class EvalContext:
     mask: str = "all_assistant"
     max_length: int = 1024
     default_system: str | None = None
+    out_dir: Path | None = None  # the eval run's folder (grounded_qa_calibrated writes calibration.json there)
 
 
 @dataclass
@@ -382,12 +383,10 @@ def grounded_items(records: Sequence[Any], refusal_patterns: Sequence[str] = ())
     return items
 
 
-def run_grounded_qa(items: list[Item], ctx: EvalContext) -> TaskResult:
-    """Answer from the context or refuse: EM / F1 / false refusals, and refusal P/R/F1 on unanswerable questions."""
-    completions, stats = _generate(ctx, [it.prompt for it in items])
-    preds = [_reply_text(c) for c in completions]
+def grounded_rows(items: list[Item], preds: list[str], patterns: Sequence[str]) -> tuple[dict, list[dict]]:
+    """Headline metrics and one verdict row per item for answer-or-refuse replies."""
     refs = [it.reference["answers"] for it in items]
-    scores = M.grounded_qa_scores(preds, refs, ctx.cfg.refusal_patterns)
+    scores = M.grounded_qa_scores(preds, refs, patterns)
     rows = []
     for it, pred, verdict in zip(items, preds, scores.pop("per_example")):
         rows.append(
@@ -410,12 +409,43 @@ def run_grounded_qa(items: list[Item], ctx: EvalContext) -> TaskResult:
         "refusal_recall": u["refusal_recall"],
         "refusal_f1": u["refusal_f1"],
     }
-    details = {"answerable": scores["n_answerable"], "unanswerable": scores["n_unanswerable"], **stats}
+    return metrics, rows
+
+
+def grounded_confusion(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Counts of what happened to answerable questions (answered correctly / answered wrong / refused) and to
+    unanswerable ones (refused / answered). "Correct" = answer F1 >= 0.5 or the answer contained in the reply."""
+    ans = [r for r in rows if r["answerable"]]
+    una = [r for r in rows if not r["answerable"]]
+    return {
+        "answerable": {
+            "answered_correct": sum(not r["refused"] and r["error"] is None for r in ans),
+            "answered_wrong": sum(r["error"] == "wrong_answer" for r in ans),
+            "refused": sum(r["refused"] for r in ans),
+        },
+        "unanswerable": {"refused": sum(r["refused"] for r in una), "answered": sum(not r["refused"] for r in una)},
+    }
+
+
+def run_grounded_qa(items: list[Item], ctx: EvalContext) -> TaskResult:
+    """Answer from the context or refuse: EM / F1 / false refusals, and refusal P/R/F1 on unanswerable questions."""
+    completions, stats = _generate(ctx, [it.prompt for it in items])
+    preds = [_reply_text(c) for c in completions]
+    metrics, rows = grounded_rows(items, preds, ctx.cfg.refusal_patterns)
+    n_ans = sum(r["answerable"] for r in rows)
+    details = {"answerable": n_ans, "unanswerable": len(rows) - n_ans, "confusion": grounded_confusion(rows), **stats}
     examples = {
         kind: [r for r in rows if r["error"] == kind][: ctx.cfg.show_examples]
         for kind in ("false_refusal", "hallucination", "wrong_answer")
     }
     return TaskResult(metrics, details, rows, examples)
+
+
+def run_grounded_qa_calibrated(items: list[Item], ctx: EvalContext) -> TaskResult:
+    """grounded_qa with the answer-or-refuse decision from the calibrated refusal score (`evaluation.abstain`)."""
+    from chatforge.evaluation.abstain import run_calibrated  # abstain imports this module
+
+    return run_calibrated(items, ctx)
 
 
 # --------------------------------------------------------------------------------------------------- multiple choice
@@ -575,3 +605,4 @@ TASKS: dict[str, Task] = {
     ),
     "choice": Task(read_choice_file, run_choice, {"accuracy": 100, "accuracy_norm": 100}),
 }
+TASKS["grounded_qa_calibrated"] = Task(grounded_items, run_grounded_qa_calibrated, TASKS["grounded_qa"].chart)

@@ -104,6 +104,10 @@ class TrainConfig:
     resume: str | None = field(default=None, metadata={"help": "auto | a checkpoint folder | null"})
     early_stopping_patience: int = field(default=0, metadata={"min": 0, "help": "evals without improvement; 0 = off"})
     early_stopping_min_delta: float = field(default=0.0, metadata={"min": 0})
+    restore_best: bool = field(
+        default=False,
+        metadata={"help": "keep the best-validation weights in checkpoints/best/ and save those at the end"},
+    )
     loss_chunk_size: int = field(default=4096, metadata={"min": 1, "help": "tokens per chunk of the output-head loss"})
     pad_to_multiple_of: int | None = field(
         default=None,

@@ -79,8 +79,13 @@ def run_loop(
     progress: Progress,
     throughput: Throughput,
     on_eval: Callable[[torch.nn.Module, int], object] | None = None,
+    on_validated: Callable[[TrainState, torch.nn.Module], None] | None = None,
 ) -> LoopResult:
-    """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model."""
+    """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model.
+
+    `on_eval(model, step)` runs at every evaluation point (samples from fixed prompts); `on_validated(state, model)`
+    runs after every tracked validation (`training.best` keeps the best weights with it).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
     last_eval_step = -1
@@ -160,6 +165,8 @@ def run_loop(
             result.stopped_early = state.track_validation(
                 result.last_eval["val_loss"], tcfg.early_stopping_patience, tcfg.early_stopping_min_delta
             )
+            if on_validated is not None:
+                on_validated(state, model)
         if tcfg.save_every and (step % tcfg.save_every == 0 or result.stopped_early):
             now = time.perf_counter()
             state.elapsed += now - t_mark
@@ -177,4 +184,6 @@ def run_loop(
             state.track_validation(
                 result.last_eval["val_loss"], tcfg.early_stopping_patience, tcfg.early_stopping_min_delta
             )
+            if on_validated is not None:
+                on_validated(state, model)
     return result

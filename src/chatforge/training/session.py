@@ -13,6 +13,7 @@ import torch
 
 from chatforge.training import checkpoint as ckpt_mod
 from chatforge.training.batching import Batches
+from chatforge.training.best import BestKeeper
 from chatforge.training.dataset import TrainData
 from chatforge.training.loop import run_loop
 from chatforge.training.model_setup import TrainModel
@@ -105,6 +106,9 @@ def run_session(
     throughput = Throughput(FlopModel.of(tm.model), peak_flops(tm.device, tcfg.peak_tflops))
     if tm.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(tm.device)  # peak of training itself (weights stay allocated)
+    best = BestKeeper(
+        out, enabled=tcfg.restore_best, resumed=resume is not None
+    )  # train.restore_best (training/best.py)
     t_loop = time.perf_counter()
     result = run_loop(
         model=tm.model,
@@ -124,11 +128,13 @@ def run_session(
         progress=progress,
         throughput=throughput,
         on_eval=sampler,
+        on_validated=best.after_eval,
     )
     loop_time = time.perf_counter() - t_loop
     progress.close()
     metrics.close()
 
+    restored = best.restore(state, tm.model)  # before the final save: it saves the best weights
     tm.model.config.use_cache = True
     save_final(out, tm.model, tm.tokenizer, str(cfg.model.name_or_path))
     plot_curves(out / "metrics.jsonl", out / "curves.png")
@@ -150,6 +156,7 @@ def run_session(
         best_val_loss=state.best_val,
         best_step=state.best_step,
         stopped_early=result.stopped_early,
+        **restored,
         padding_fraction=round(pad_frac, 4),
         train_examples=len(data.train),
         val_examples=len(data.val),

@@ -13,7 +13,7 @@ import sys
 
 CONVERTERS = {
     "webqa": "chatforge.data.convert.webqa",
-    "squad2": "chatforge.data.convert.webqa",
+    "squad2": "chatforge.data.convert.squad2",
     "crosswoz": "chatforge.data.convert.crosswoz",
     "summarization": "chatforge.data.convert.summarization",
 }
@@ -28,6 +28,4 @@ def main(argv: list[str]) -> int:
         print(f"chatforge data convert: unknown dataset {name!r}; choose from {', '.join(CONVERTERS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(CONVERTERS[name])
-    if name == "squad2":
-        return int(module.main_squad2(argv[1:]) or 0)
     return int(module.main(argv[1:]) or 0)

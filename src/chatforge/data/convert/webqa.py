@@ -27,7 +27,7 @@ from pathlib import Path
 
 from chatforge.data.convert.common import check_output, parse_ratio, read_json, write_jsonl, write_report
 from chatforge.data.schema import Conversation, Message
-from chatforge.errors import DataError
+from chatforge.errors import ChatforgeError, DataError
 
 INSTRUCTION_ZH = (
     "请只根据下面的参考资料回答问题，答案要简短。如果参考资料中没有答案，请直接说明无法从资料中找到答案，不要猜测。"
@@ -132,11 +132,19 @@ def read_webqa(path: str | Path) -> tuple[list[QAItem], Counter]:
     return items, stats
 
 
-def hard_negatives(items: list[QAItem], lang: str, seed: int, top_k: int = 5) -> tuple[dict[str, str], Counter]:
-    """qid -> an evidence of another question that shares the most (IDF-weighted) words but lacks every answer."""
+def hard_negatives(
+    items: list[QAItem], lang: str, seed: int, top_k: int = 5, *, count: int = 1, hard: bool = True
+) -> tuple[dict[str, list[str]], Counter]:
+    """qid -> up to `count` evidences of other questions that lack every answer of this one.
+
+    `hard=True` prefers the evidences sharing the most (IDF-weighted) words with the question: the same topic, so the
+    model must read for the answer instead of matching the subject. `hard=False` draws them at random.
+    """
     rng = random.Random(seed)
     pool = [(i, ev) for i, it in enumerate(items) for ev in it.positives]
-    ev_words = [_words(ev, lang) for _, ev in pool]
+    if not pool:
+        return {}, Counter()
+    ev_words = [_words(ev, lang) for _, ev in pool] if hard else []
     df = Counter(w for ws in ev_words for w in ws)
     idf = {w: math.log((1 + len(pool)) / (1 + c)) for w, c in df.items()}
     index: dict[str, list[int]] = defaultdict(list)
@@ -145,34 +153,68 @@ def hard_negatives(items: list[QAItem], lang: str, seed: int, top_k: int = 5) ->
             index[w].append(j)
     out, stats, used = {}, Counter(), Counter()
     for i, it in enumerate(items):
-        scores: Counter = Counter()
-        for w in _words(it.question, lang):
-            for j in index.get(w, ()):
-                scores[j] += idf.get(w, 0.0)
         answers = [_norm(a) for a in it.answers]
-        ok = [
-            j
-            for j, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-            if pool[j][0] != i and not any(a in _norm(pool[j][1]) for a in answers)
-        ][:top_k]
-        if ok:
-            # Among the best few, the evidence used least so far: one popular passage should not become the
-            # negative of dozens of questions (the examples would be near copies of each other).
-            fewest = min(used[j] for j in ok)
-            j = rng.choice([j for j in ok if used[j] == fewest])
-            used[j] += 1
-            out[it.qid] = pool[j][1]
-            stats["hard negatives (share words with the question)"] += 1
-            continue
-        for _ in range(50):  # no word overlap anywhere: any other evidence without the answer will do
+        chosen: list[int] = []
+        if hard:
+            scores: Counter = Counter()
+            for w in _words(it.question, lang):
+                for j in index.get(w, ()):
+                    scores[j] += idf.get(w, 0.0)
+            ok = [
+                j
+                for j, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+                if pool[j][0] != i and not any(a in _norm(pool[j][1]) for a in answers)
+            ][: max(top_k, count * 2)]
+            while ok and len(chosen) < count:
+                # Among the best few, the evidence used least so far: one popular passage should not become the
+                # negative of dozens of questions (the examples would be near copies of each other).
+                fewest = min(used[j] for j in ok)
+                j = rng.choice([j for j in ok if used[j] == fewest])
+                ok.remove(j)
+                used[j] += 1
+                chosen.append(j)
+            stats["hard negatives (share words with the question)"] += len(chosen)
+        tries = 0
+        while len(chosen) < count and tries < 50 * count:  # no (more) word overlap: any evidence without the answer
+            tries += 1
             j = rng.randrange(len(pool))
-            if pool[j][0] != i and not any(a in _norm(pool[j][1]) for a in answers):
-                out[it.qid] = pool[j][1]
-                stats["random negatives (no word overlap found)"] += 1
-                break
+            if pool[j][0] != i and j not in chosen and not any(a in _norm(pool[j][1]) for a in answers):
+                chosen.append(j)
+                stats["random negatives" + (" (no word overlap found)" if hard else "")] += 1
+        if chosen:
+            out[it.qid] = [pool[j][1] for j in chosen]
         else:
             stats["questions with no usable negative"] += 1
     return out, stats
+
+
+def join_evidences(passages: list[str], lang: str) -> str:
+    """Several retrieved passages as one context, numbered as a retrieval set is shown to a reader."""
+    if len(passages) == 1:
+        return passages[0]
+    sep = "\n" if lang == "zh" else "\n\n"
+    return sep.join(f"[{k}] {p}" for k, p in enumerate(passages, 1))
+
+
+def split_groups(sizes: dict[str, int], fractions: tuple[float, ...], seed: int) -> dict[str, int]:
+    """Assign whole groups (an article, or questions sharing an evidence) to splits so every split gets close to
+    its share of the examples; no group is ever divided, so no context appears in two splits.
+
+    Groups are taken in a seeded random order: the first ones seed each split that has a share (so none is empty
+    when there are enough groups), every later one goes to the split furthest below its target.
+    """
+    keys = sorted(sizes)
+    random.Random(seed).shuffle(keys)
+    total = sum(sizes.values())
+    targets = [f * total for f in fractions]
+    filled = [0.0] * len(fractions)
+    out: dict[str, int] = {}
+    nonzero = [k for k, f in enumerate(fractions) if f > 0]
+    for n, key in enumerate(keys):
+        k = nonzero[n] if n < len(nonzero) else max(nonzero, key=lambda k: targets[k] - filled[k])
+        out[key] = k
+        filled[k] += sizes[key]
+    return out
 
 
 def make_example(
@@ -202,32 +244,93 @@ def balance(
     return rng.sample(answerable, min(want_a, len(answerable))), unanswerable
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def parse_split(text: str | None) -> tuple[float, ...] | None:
+    """'0.8,0.1,0.1' or '80:10:10' -> normalised (train, val, test) shares; two parts = (train, test)."""
+    if not text:
+        return None
+    try:
+        parts = [float(x) for x in re.split(r"[,:/]", text)]
+    except ValueError as err:
+        raise ChatforgeError(f"--split must look like 0.8,0.1,0.1 (train,val,test), got {text!r}") from err
+    if len(parts) not in (2, 3) or any(x < 0 or not math.isfinite(x) for x in parts) or parts[0] <= 0:
+        raise ChatforgeError(f"--split needs 2 or 3 non-negative shares with train > 0, got {text!r}")
+    if len(parts) == 2:
+        parts = [parts[0], 0.0, parts[1]]
+    total = sum(parts)
+    return tuple(x / total for x in parts)
+
+
+def _ratio(args) -> tuple[float, float]:
+    if args.unanswerable_ratio is not None:
+        if not 0 <= args.unanswerable_ratio <= 1:
+            raise ChatforgeError(f"--unanswerable-ratio must be in [0, 1], got {args.unanswerable_ratio}")
+        return 1 - args.unanswerable_ratio, args.unanswerable_ratio
+    return parse_ratio(args.ratio)
+
+
+def _counts(convs: list[Conversation]) -> dict:
+    una = [c for c in convs if not c.meta.get("answerable")]
+    return {
+        "examples": len(convs),
+        "answerable": len(convs) - len(una),
+        "unanswerable": len(una),
+        "groups": len({c.meta.get("group") for c in convs}),
+        "negatives": dict(Counter(c.meta.get("negative") for c in una)),
+    }
+
+
 def _finish(args, name: str, examples_a, examples_u, stats: Counter, extra: dict) -> int:
+    """Balance each split to the requested ratio, write it (one file, or train/val/test.jsonl), then report.json."""
     rng = random.Random(args.seed)
-    kept_a, kept_u = balance(examples_a, examples_u, parse_ratio(args.ratio), rng)
-    out = kept_a + kept_u
-    rng.shuffle(out)
+    ratio = _ratio(args)
     out_dir = check_output(args.output, args.input)
-    n = write_jsonl(out_dir / f"{name}.jsonl", out)
-    refusals = Counter(c.messages[-1].content for c in kept_u)
+    splits = sorted(
+        {c.meta.get("split", "all") for c in examples_a + examples_u},
+        key=lambda n: (n not in SPLIT_NAMES, SPLIT_NAMES.index(n) if n in SPLIT_NAMES else 0),
+    )
+    per_split, kept_all_a, kept_all_u, files = {}, [], [], {}
+    for split in splits:
+        sa = [c for c in examples_a if c.meta.get("split", "all") == split]
+        su = [c for c in examples_u if c.meta.get("split", "all") == split]
+        kept_a, kept_u = balance(sa, su, ratio, rng)
+        out = kept_a + kept_u
+        rng.shuffle(out)
+        fname = f"{name}.jsonl" if split == "all" else f"{split}.jsonl"
+        write_jsonl(out_dir / fname, out)
+        files[split] = fname
+        per_split[split] = {
+            **_counts(out),
+            "removed_by_balancing": {"answerable": len(sa) - len(kept_a), "unanswerable": len(su) - len(kept_u)},
+        }
+        kept_all_a += kept_a
+        kept_all_u += kept_u
+    refusals = Counter(c.messages[-1].content for c in kept_all_u)
     report = {
         "converter": name,
         "input": str(args.input),
         "seed": args.seed,
-        "ratio_requested": args.ratio,
-        "examples": n,
-        "answerable": len(kept_a),
-        "unanswerable": len(kept_u),
-        "ratio_measured": f"{len(kept_a)}:{len(kept_u)}",
+        "ratio_requested": f"{ratio[0]:g}:{ratio[1]:g}",
+        "examples": len(kept_all_a) + len(kept_all_u),
+        "answerable": len(kept_all_a),
+        "unanswerable": len(kept_all_u),
+        "ratio_measured": f"{len(kept_all_a)}:{len(kept_all_u)}",
         "removed_by_balancing": {
-            "answerable": len(examples_a) - len(kept_a),
-            "unanswerable": len(examples_u) - len(kept_u),
+            "answerable": len(examples_a) - len(kept_all_a),
+            "unanswerable": len(examples_u) - len(kept_all_u),
         },
         "refusal_phrasings_used": len(refusals),
-        "negatives": dict(Counter(c.meta.get("negative") for c in kept_u)),
+        "negatives": dict(Counter(c.meta.get("negative") for c in kept_all_u)),
+        "evidences_per_example": args.evidences,
+        "hard_negatives": args.hard_negatives,
+        "files": files,
         "counts": dict(sorted(stats.items())),
         **extra,
     }
+    if args.split:
+        report["split"] = {"requested": args.split, "by": extra.get("split_by", "group"), **per_split}
     write_report(out_dir, report)
     print(json.dumps(report, ensure_ascii=False, indent=2))
     return 0
@@ -238,6 +341,19 @@ def _parser(prog: str, lang: str) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--ratio", default="1:1", help="answerable:unanswerable (default 1:1)")
+    p.add_argument(
+        "--unanswerable-ratio",
+        type=float,
+        default=None,
+        help="share of unanswerable examples, 0..1 (overrides --ratio)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="train,val,test shares, e.g. 0.8,0.1,0.1: writes train/val/test.jsonl, whole groups (articles, shared "
+        "evidences) per split, so no context is in two splits; default: one file",
+    )
+    p.add_argument("--evidences", type=int, default=1, help="passages per context (1 answer-bearing + distractors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--instruction", default=INSTRUCTION_ZH if lang == "zh" else INSTRUCTION_EN)
     p.add_argument("--instruction-position", choices=["system", "user"], default="system")
@@ -245,11 +361,48 @@ def _parser(prog: str, lang: str) -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args) -> None:
+    if args.evidences < 1 or args.evidences > 20:
+        raise ChatforgeError(f"--evidences must be 1..20, got {args.evidences}")
+    _ratio(args)
+    parse_split(args.split)
+
+
+def evidence_groups(items: list[QAItem]) -> dict[str, str]:
+    """qid -> group id: questions that share an evidence text (after whitespace/case normalisation) are one group,
+    so a split never puts the same passage on both sides."""
+    parent = {it.qid: it.qid for it in items}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[str, str] = {}
+    for it in items:
+        for ev in it.positives + it.negatives:
+            key = _norm(ev)
+            if key in owner:
+                parent[find(it.qid)] = find(owner[key])
+            else:
+                owner[key] = it.qid
+    return {it.qid: find(it.qid) for it in items}
+
+
 def main(argv: list[str]) -> int:
     """`chatforge data convert webqa`."""
     p = _parser("chatforge data convert webqa", "zh")
     p.add_argument("--lang", choices=["zh", "en"], default="zh", help="refusal and prompt language")
+    p.add_argument(
+        "--hard-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="unanswerable contexts from other questions' evidence on the same topic (shared words; default), "
+        "or at random (--no-hard-negatives)",
+    )
     args = p.parse_args(argv)
+    _check_args(args)
     check_output(args.output, args.input)
     items, stats = read_webqa(args.input)
     if not items:
@@ -258,59 +411,49 @@ def main(argv: list[str]) -> int:
     refusals = REFUSALS_ZH if args.lang == "zh" else REFUSALS_EN
     user_fmt = USER_ZH if args.lang == "zh" else USER_EN
     kw = dict(instruction=args.instruction, user_fmt=user_fmt, position=args.instruction_position)
-    fallback, neg_stats = hard_negatives(items, args.lang, args.seed)
-    stats.update(neg_stats)
+    group = evidence_groups(items)
+    fractions = parse_split(args.split)
+    split_of = {it.qid: "all" for it in items}
+    if fractions:
+        sizes = Counter(group.values())
+        assign = split_groups(dict(sizes), fractions, args.seed)
+        split_of = {it.qid: SPLIT_NAMES[assign[group[it.qid]]] for it in items}
+    n_ev = args.evidences
     ans, una = [], []
-    for it in items:
-        # One answerable example per question (its first answer-bearing evidence) keeps questions equally weighted.
-        ctx = it.positives[0]
-        if args.max_context_chars and len(ctx) > args.max_context_chars:
-            stats["answerable: context too long"] += 1
-        else:
-            meta = {"source": "webqa", "qid": it.qid, "answerable": True, "answers": it.answers}
-            ans.append(make_example(ctx, it.question, it.answers[0], meta=meta, **kw))
-        if it.negatives:
-            neg, how = rng.choice(it.negatives), "own_no_answer"
-        elif it.qid in fallback:
-            neg, how = fallback[it.qid], "other_question"
-        else:
-            continue
-        if args.max_context_chars and len(neg) > args.max_context_chars:
-            stats["unanswerable: context too long"] += 1
-            continue
-        meta = {"source": "webqa", "qid": it.qid, "answerable": False, "answers": [], "negative": how}
-        una.append(make_example(neg, it.question, rng.choice(refusals), meta=meta, **kw))
-    return _finish(args, "webqa", ans, una, stats, {"questions": len(items)})
+    for split in sorted(set(split_of.values())):
+        sub = [it for it in items if split_of[it.qid] == split]
+        # Negatives come from the same split only: a test question's distractor must not be a training passage.
+        others, neg_stats = hard_negatives(sub, args.lang, args.seed, count=n_ev, hard=args.hard_negatives)
+        stats.update(neg_stats)
+        for it in sub:
+            base = {"source": "webqa", "qid": it.qid, "split": split, "group": group[it.qid], "evidences": n_ev}
+            # One answerable example per question (its first answer-bearing evidence): questions weigh the same.
+            passages = [it.positives[0], *others.get(it.qid, [])[: n_ev - 1]]
+            rng.shuffle(passages)
+            ctx = join_evidences(passages, args.lang)
+            if args.max_context_chars and len(ctx) > args.max_context_chars:
+                stats["answerable: context too long"] += 1
+            else:
+                meta = {**base, "answerable": True, "answers": it.answers}
+                ans.append(make_example(ctx, it.question, it.answers[0], meta=meta, **kw))
+            own = list(it.negatives)
+            rng.shuffle(own)
+            negs = (own + others.get(it.qid, []))[:n_ev]
+            if not negs:
+                continue
+            how = "own_no_answer" if own else ("other_question" if args.hard_negatives else "random_other_question")
+            ctx = join_evidences(negs, args.lang)
+            if args.max_context_chars and len(ctx) > args.max_context_chars:
+                stats["unanswerable: context too long"] += 1
+                continue
+            meta = {**base, "answerable": False, "answers": [], "negative": how}
+            una.append(make_example(ctx, it.question, rng.choice(refusals), meta=meta, **kw))
+    extra = {"questions": len(items), "groups": len(set(group.values())), "split_by": "shared evidence"}
+    return _finish(args, "webqa", ans, una, stats, extra)
 
 
 def main_squad2(argv: list[str]) -> int:
-    """`chatforge data convert squad2`: SQuAD 2.0 JSON with its real unanswerable questions."""
-    p = _parser("chatforge data convert squad2", "en")
-    args = p.parse_args(argv)
-    check_output(args.output, args.input)
-    data = read_json(args.input)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError("expected SQuAD JSON with a 'data' list", file=args.input, field="data")
-    rng = random.Random(args.seed)
-    kw = dict(instruction=args.instruction, user_fmt=USER_EN, position=args.instruction_position)
-    ans, una, stats = [], [], Counter()
-    for ai, article in enumerate(data["data"]):
-        for pi, para in enumerate(article.get("paragraphs", [])):
-            ctx = para.get("context")
-            if not isinstance(ctx, str):
-                raise DataError("paragraph without 'context'", file=args.input, record=ai, field=f"paragraphs[{pi}]")
-            if args.max_context_chars and len(ctx) > args.max_context_chars:
-                stats["context too long"] += len(para.get("qas", []))
-                continue
-            for qa in para.get("qas", []):
-                texts = list(dict.fromkeys(a["text"] for a in qa.get("answers", []) if a.get("text")))
-                meta = {"source": "squad2", "qid": qa.get("id"), "title": article.get("title")}
-                if qa.get("is_impossible") or not texts:
-                    meta.update(answerable=False, answers=[], negative="squad2_impossible")
-                    una.append(make_example(ctx, qa["question"].strip(), rng.choice(REFUSALS_EN), meta=meta, **kw))
-                else:
-                    meta.update(answerable=True, answers=texts)
-                    ans.append(make_example(ctx, qa["question"].strip(), texts[0], meta=meta, **kw))
-    if not ans and not una:
-        raise DataError("no questions found", file=args.input)
-    return _finish(args, "squad2", ans, una, stats, {"questions": len(ans) + len(una)})
+    """Kept for callers of the old name: SQuAD 2.0 lives in `chatforge.data.convert.squad2`."""
+    from chatforge.data.convert.squad2 import main as squad2_main
+
+    return squad2_main(argv)
