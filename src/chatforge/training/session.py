@@ -36,8 +36,9 @@ def finished_run(folder: RunFolder) -> TrainResult:
     return TrainResult(folder.path, summary)
 
 
-def total_steps_for(tcfg, n_units: int) -> int:
-    steps_per_epoch = math.ceil(math.ceil(n_units / tcfg.batch_size) / tcfg.grad_accum)
+def total_steps_for(tcfg, n_units: int, repeats: int = 1) -> int:
+    """Optimizer steps of the run; `repeats`: steps per window of batches (grpo.num_iterations reuses samples)."""
+    steps_per_epoch = math.ceil(math.ceil(n_units / tcfg.batch_size) / tcfg.grad_accum) * repeats
     return tcfg.max_steps or max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 
 
@@ -50,7 +51,7 @@ def run_session(
     t_start = time.perf_counter()
     tcfg, out = cfg.train, folder.path
     save_config(cfg, out / "config.yaml")
-    total_steps = total_steps_for(tcfg, len(batches.units))
+    total_steps = total_steps_for(tcfg, len(batches.units), getattr(batches, "repeats", 1))
     optimizer = make_optimizer(tm.model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)
     state = TrainState(
