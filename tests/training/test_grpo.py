@@ -151,7 +151,7 @@ def test_a_reward_for_one_token_raises_its_frequency(tmp_path):
 
 
 RESUME = (
-    f"grpo.rewards=[{{tmp}}/my_rewards.py:even]",
+    "grpo.rewards=[{tmp}/my_rewards.py:even]",
     "train.max_steps=6",
     "train.save_every=2",
     "train.save_total_limit=5",
