@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template", default=None, help="template.name override (e.g. chatml for a tiny test model)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--max-new-tokens", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=5e-5, help="train.learning_rate (LoRA)")
     ap.add_argument("--eval-samples", type=int, default=250)
     ap.add_argument("--eval-new-tokens", type=int, default=256)
     args = ap.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if not train_file.is_file():
         print(f"no {train_file}", file=sys.stderr)
         return 2
-    result: dict = {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens}
+    result: dict = {"model": args.model, "steps": args.steps, "max_new_tokens": args.max_new_tokens, "lr": args.lr}
     result["before"] = gsm8k_eval(args, out / "eval_base", None)
     run = out / "grpo"
     extra = [f"template.name={args.template}"] if args.template else []
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             f"train.max_steps={args.steps}",
             f"train.save_every={args.steps}",
             f"grpo.max_new_tokens={args.max_new_tokens}",
+            f"train.learning_rate={args.lr}",
+            "train.warmup_steps=0",
             "train.progress=false",
             "train.precision=auto",  # bf16 on CUDA, fp32 for a CPU smoke run
             f"output.dir={run}",

@@ -273,3 +273,16 @@ def test_prompts_from_each_layout_keep_their_columns(tmp_path):
 
     stats = Counter()
     assert len(read_prompt_files([str(bad)], "skip", None, stats)) == 1 and sum(stats.values()) == 1
+
+
+def test_config_mistakes_are_reported(tmp_path):
+    from chatforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="2 weights for 1 reward functions"):
+        _grpo_config(tmp_path, "grpo.reward_weights=[1.0,2.0]")
+    with pytest.raises(ConfigError, match="num_generations"):
+        _grpo_config(tmp_path, "grpo.num_generations=1")
+    with pytest.raises(ChatforgeError, match="save_every=3 must be a multiple of grpo.num_iterations=2"):
+        train(_grpo_config(tmp_path, "grpo.num_iterations=2", "train.save_every=3"))
+    with pytest.raises(ChatforgeError, match="packed"):
+        train(_grpo_config(tmp_path, "train.batching=packed"))
