@@ -286,3 +286,26 @@ def test_config_mistakes_are_reported(tmp_path):
         train(_grpo_config(tmp_path, "grpo.num_iterations=2", "train.save_every=3"))
     with pytest.raises(ChatforgeError, match="packed"):
         train(_grpo_config(tmp_path, "train.batching=packed"))
+
+
+def test_grounded_qa_reward_wants_a_refusal_exactly_when_unanswerable(tmp_path):
+    from chatforge.training.rewards import grounded_qa
+
+    replies = ["The mayor is Ann Lee.", "I can't tell from the context.", "It is Bob.", "The context does not say."]
+    answer = ["Ann Lee", "Ann Lee", None, None]
+    assert grounded_qa(["q"] * 4, replies, answer=answer) == [1.0, 0.0, 0.0, 1.0]
+    # from chatforge's demo JSONL: the labels sit under meta, the reference reply is the dropped assistant turn
+    path = tmp_path / "qa.jsonl"
+    rec = {
+        "messages": [
+            {"role": "user", "content": "Context: ...\n\nQuestion: who?"},
+            {"role": "assistant", "content": "x"},
+        ],
+        "meta": {"answer": None, "kind": "unanswerable"},
+    }
+    path.write_text(json.dumps(rec) + "\n")
+    (p,) = read_prompt_files([str(path)], "raise", None, {})
+    assert p.columns == {"answer": None, "kind": "unanswerable", "reference": "x"}
+    assert grounded_qa(["q"], ["Sorry, the context doesn't contain that information."], answer=[None]) == [1.0]
+    with pytest.raises(ChatforgeError, match="grounded_qa needs"):
+        grounded_qa(["q"], ["a"])

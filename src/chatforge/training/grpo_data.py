@@ -7,7 +7,7 @@ A record gives its prompt as one of (first match wins):
 - `instruction` (+ `input`, `system`): alpaca
 - `prompt`: a string (one user message) or a message list
 - `question`: a string (GSM8K-style `{question, answer}`)
-The remaining keys (e.g. `answer`) are the record's columns. A malformed record stops the run with its file, line
+The remaining keys (e.g. `answer`), and those of a `meta` object, are the record's columns. A malformed record stops the run with its file, line
 and field (or is skipped and counted with `data.on_error=skip`).
 """
 
@@ -65,6 +65,8 @@ def prompt_from_record(rec) -> Prompt:
             f"no prompt in the record (keys {sorted(rec)}); give one of {', '.join(PROMPT_KEYS)}", reason="no_prompt"
         )
     columns = {k: v for k, v in rec.items() if k not in (key, "system", "tools", "input", "meta")}
+    if isinstance(rec.get("meta"), dict):  # chatforge's own JSONL keeps labels (answer, kind...) under meta
+        columns.update({k: v for k, v in rec["meta"].items() if k not in columns})
     messages: list[Message] = []
     system = rec.get("system")
     if isinstance(system, str) and system:

@@ -6,7 +6,8 @@ message that `completions[i]` (the reply text, stop token removed) answers; `col
 prompt records (e.g. `answer`), one value per completion, plus `completion_ids` (token ids). Prompts are repeated
 once per sampled completion. A function may return None for a completion it does not judge (counted as 0).
 
-`grpo.rewards` entries: a built-in name (`number_match`, `exact_match`, `format`, `length_penalty`), or
+`grpo.rewards` entries: a built-in name (`number_match`, `exact_match`, `grounded_qa`, `format`,
+`length_penalty`), or
 `module.path:function`, or `path/to/file.py:function`.
 """
 
@@ -75,7 +76,53 @@ def length_penalty(prompts: list[str], completions: list[str], *, limit: int, **
     return [-max(0, len(c) - limit) / limit for c in completions]
 
 
-BUILTINS = ("number_match", "exact_match", "format", "length_penalty")
+def _norm_answer(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", str(text).lower()).split())
+
+
+def grounded_qa(
+    prompts: list[str],
+    completions: list[str],
+    answer: Sequence = (),
+    answers: Sequence = (),
+    answerable: Sequence = (),
+    reference: Sequence = (),
+    **_: object,
+) -> list[float]:
+    """Grounded QA (the demo's task): 1.0 for a refusal exactly when the question is unanswerable, and for a reply
+    that contains the answer (case and punctuation ignored) when it is answerable; 0.0 otherwise, a false refusal
+    included. The answer comes from the `answers` (list) or `answer` column (None / [] or `answerable: false` =
+    unanswerable), else from the `reference` reply (a refusal there = unanswerable)."""
+    from chatforge.evaluation.metrics import is_refusal
+
+    n = len(completions)
+
+    def col(values: Sequence, i: int):
+        return values[i] if len(values) == n else None
+
+    if not any(len(c) == n for c in (answer, answers, answerable, reference)):
+        raise ChatforgeError("grounded_qa needs an `answer`, `answers` or `reference` column in the prompt records")
+    out = []
+    for i, text in enumerate(completions):
+        if col(answerable, i) is False:
+            wants: list[str] = []
+        elif isinstance(col(answers, i), list):
+            wants = [str(a) for a in col(answers, i) if str(a).strip()]
+        elif col(answer, i) is not None or len(answer) == n:
+            wants = [str(col(answer, i))] if col(answer, i) not in (None, "") else []
+        else:
+            ref = col(reference, i) or ""
+            wants = [] if is_refusal(ref) else [ref]
+        refused = is_refusal(text)
+        if not wants:
+            out.append(float(refused))
+        else:
+            got = _norm_answer(text)
+            out.append(float(not refused and any(_norm_answer(w) and _norm_answer(w) in got for w in wants)))
+    return out
+
+
+BUILTINS = ("number_match", "exact_match", "grounded_qa", "format", "length_penalty")
 
 
 @dataclass
@@ -103,6 +150,8 @@ def load_reward(spec_text: str, gcfg) -> Reward:
         return Reward("number_match", number_match)
     if spec_text == "exact_match":
         return Reward("exact_match", exact_match)
+    if spec_text == "grounded_qa":
+        return Reward("grounded_qa", grounded_qa)
     if spec_text == "format":
         if not gcfg.format_pattern:
             raise ChatforgeError("grpo.rewards: the built-in `format` needs grpo.format_pattern (a regex)")
