@@ -170,6 +170,9 @@ class GrpoConfig:
     length_limit: int = field(
         default=512, metadata={"min": 1, "help": "built-in `length_penalty`: characters before the penalty starts"}
     )
+    refusal_patterns: list[str] = field(
+        default_factory=list, metadata={"help": "built-in `grounded_qa`: extra refusal regexes (as eval's)"}
+    )
     eval_max_new_tokens: int | None = field(
         default=None, metadata={"min": 1, "help": "validation (greedy) completion limit; null = max_new_tokens"}
     )

@@ -87,11 +87,12 @@ def grounded_qa(
     answers: Sequence = (),
     answerable: Sequence = (),
     reference: Sequence = (),
+    refusal_patterns: Sequence[str] = (),
     **_: object,
 ) -> list[float]:
     """Grounded QA (the demo's task): 1.0 for a refusal exactly when the question is unanswerable, and for a reply
     that contains the answer (case and punctuation ignored) when it is answerable; 0.0 otherwise, a false refusal
-    included. The answer comes from the `answers` (list) or `answer` column (None / [] or `answerable: false` =
+    included. Refusals: `evaluation.metrics.is_refusal` plus `grpo.refusal_patterns`. The answer comes from the `answers` (list) or `answer` column (None / [] or `answerable: false` =
     unanswerable), else from the `reference` reply (a refusal there = unanswerable)."""
     from chatforge.evaluation.metrics import is_refusal
 
@@ -112,8 +113,8 @@ def grounded_qa(
             wants = [str(col(answer, i))] if col(answer, i) not in (None, "") else []
         else:
             ref = col(reference, i) or ""
-            wants = [] if is_refusal(ref) else [ref]
-        refused = is_refusal(text)
+            wants = [] if is_refusal(ref, refusal_patterns) else [ref]
+        refused = is_refusal(text, refusal_patterns)
         if not wants:
             out.append(float(refused))
         else:
@@ -151,7 +152,7 @@ def load_reward(spec_text: str, gcfg) -> Reward:
     if spec_text == "exact_match":
         return Reward("exact_match", exact_match)
     if spec_text == "grounded_qa":
-        return Reward("grounded_qa", grounded_qa)
+        return Reward("grounded_qa", partial(grounded_qa, refusal_patterns=list(gcfg.refusal_patterns)))
     if spec_text == "format":
         if not gcfg.format_pattern:
             raise ChatforgeError("grpo.rewards: the built-in `format` needs grpo.format_pattern (a regex)")
