@@ -57,7 +57,7 @@ class PeftConfig:
 class TrainConfig:
     """The optimisation loop. Steps are optimizer steps (one step = `grad_accum` micro-batches)."""
 
-    stage: Literal["sft", "pt", "dpo"] = "sft"
+    stage: Literal["sft", "pt", "dpo", "grpo"] = "sft"
     epochs: float = field(default=1.0, metadata={"min": 0})
     max_steps: int | None = field(default=None, metadata={"min": 1, "help": "overrides epochs when set"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences (or packed rows) per micro-batch"})
@@ -144,6 +144,58 @@ class DpoConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """`train.stage: grpo`: online RL with rewards written in Python (see `training.grpo`, `training.rewards`).
+
+    One step: `train.batch_size` prompts per micro-batch, each sampled `num_generations` times by the current
+    policy; rewards -> group-normalised advantages -> clipped surrogate (+ beta * KL to the reference)."""
+
+    num_generations: int = field(default=4, metadata={"min": 2, "help": "completions sampled per prompt (G)"})
+    max_new_tokens: int = field(default=128, metadata={"min": 1, "help": "completion length limit (tokens)"})
+    temperature: float = field(default=1.0, metadata={"gt": 0, "help": "sampling temperature (also scales logps)"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "max": 1, "help": "nucleus sampling"})
+    top_k: int = field(default=0, metadata={"min": 0, "help": "top-k sampling; 0 = off"})
+    beta: float = field(default=0.04, metadata={"min": 0, "help": "KL weight to the reference (k3); 0 = no KL"})
+    epsilon: float = field(default=0.2, metadata={"gt": 0, "help": "clip range: ratio in [1 - eps, 1 + eps_high]"})
+    epsilon_high: float | None = field(default=None, metadata={"gt": 0, "help": "upper clip (DAPO); null = epsilon"})
+    num_iterations: int = field(
+        default=1, metadata={"min": 1, "help": "policy updates per generation batch (mu); >1 reuses the samples"}
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] = field(
+        default="grpo",
+        metadata={
+            "help": "grpo: token mean per completion, then mean; bnpo: token mean over the micro-batch; "
+            "dr_grpo: token sum / (completions x max_new_tokens)"
+        },
+    )
+    scale_rewards: bool = field(default=True, metadata={"help": "divide advantages by the group std (off: Dr. GRPO)"})
+    std_floor: float = field(default=1e-4, metadata={"gt": 0, "help": "the group std is at least this"})
+    rewards: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reward functions: built-in names, module.path:function or path/file.py:function"},
+    )
+    reward_weights: list[float] = field(default_factory=list, metadata={"help": "one weight per reward; [] = all 1"})
+    format_pattern: str | None = field(default=None, metadata={"help": "built-in `format`: regex a reply must match"})
+    length_limit: int = field(
+        default=512, metadata={"min": 1, "help": "built-in `length_penalty`: characters before the penalty starts"}
+    )
+    refusal_patterns: list[str] = field(
+        default_factory=list, metadata={"help": "built-in `grounded_qa`: extra refusal regexes (as eval's)"}
+    )
+    eval_max_new_tokens: int | None = field(
+        default=None, metadata={"min": 1, "help": "validation (greedy) completion limit; null = max_new_tokens"}
+    )
+
+    def check_config(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            problems.append(
+                ("reward_weights", f"{len(self.reward_weights)} weights for {len(self.rewards)} reward functions")
+            )
+        return problems
+
+
+@dataclass
 class TrainRunConfig:
     """Everything one `chatforge train` run needs."""
 
@@ -153,6 +205,7 @@ class TrainRunConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

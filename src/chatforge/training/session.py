@@ -38,10 +38,11 @@ def finished_run(folder: RunFolder) -> TrainResult:
     return TrainResult(folder.path, summary)
 
 
-def total_steps_for(tcfg, n_units: int, n_batches: int | None = None) -> int:
-    """Steps of the run; `n_batches` = the plan's batches per epoch where it differs from ceil(units / batch)."""
+def total_steps_for(tcfg, n_units: int, n_batches: int | None = None, repeats: int = 1) -> int:
+    """Optimizer steps of the run; `n_batches` = the plan's batches per epoch where it differs from
+    ceil(units / batch); `repeats`: steps per window of batches (grpo.num_iterations reuses samples)."""
     n_batches = math.ceil(n_units / tcfg.batch_size) if n_batches is None else n_batches
-    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum)
+    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum) * repeats
     return tcfg.max_steps or max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 
 
@@ -54,6 +55,7 @@ def run_session(
     t_start = time.perf_counter()
     tcfg, out = cfg.train, folder.path
     save_config(cfg, out / "config.yaml")
+    # The plan's own batch count: it already holds one-row merges (padded) and grpo's repeated windows.
     total_steps = total_steps_for(tcfg, len(batches.units), batches.batches_per_epoch())
     optimizer = make_optimizer(tm.model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)

@@ -5,9 +5,10 @@ RECIPES maps a stage name to its `run(cfg) -> TrainResult`; `train(cfg)` dispatc
 
 from __future__ import annotations
 
-from chatforge.training.recipes import dpo, pt, sft
+from chatforge.training.recipes import dpo, grpo, pt, sft
 
 RECIPES = {"sft": sft.run, "pt": pt.run, "dpo": dpo.run}
+RECIPES["grpo"] = grpo.run  # online RL with Python rewards
 
 
 def train(cfg):
