@@ -37,6 +37,11 @@ RESUME_SAFE = {
     "train.save_total_limit",
     "train.eval_every",
     "train.eval_batch_size",
+    # How the run is spread over processes: the global batch (checked through the plan) is what must stay.
+    "train.batch_size",
+    "train.distributed",
+    "train.dist_timeout_s",
+    "train.fsdp_cpu_offload",
     "model.device",
     "output.dir",
     "output.overwrite",
@@ -70,7 +75,34 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
 
 
 def open_run_folder(cfg) -> RunFolder:
-    """Check and lock `output.dir`; decide between a fresh start, a resume and an already finished run."""
+    """Check and lock `output.dir`; decide between a fresh start, a resume and an already finished run.
+
+    Under a process group only rank 0 touches the folder (marker, lock, clean-up); the others wait for its decision
+    (or its error, which they raise too) and read the same checkpoint."""
+    from chatforge.training.distributed import current
+
+    d = current()
+    if not d.active:
+        return _open_run_folder(cfg)
+    folder, decision = None, None
+    if d.is_main:
+        try:
+            folder = _open_run_folder(cfg)
+        except BaseException as err:
+            d.broadcast_object({"error": str(err) if isinstance(err, ChatforgeError) else f"rank 0 failed: {err!r}"})
+            raise
+        resume = folder.resume_from
+        decision = {"resume": str(resume.path) if resume else None, "finished": folder.finished_summary}
+    decision = d.broadcast_object(decision)
+    if folder is not None:
+        return folder
+    if "error" in decision:
+        raise ChatforgeError(decision["error"])
+    resume = ckpt_mod.read_checkpoint(decision["resume"]) if decision["resume"] else None
+    return RunFolder(Path(cfg.output.dir), resume_from=resume, finished_summary=decision["finished"])
+
+
+def _open_run_folder(cfg) -> RunFolder:
     import yaml
 
     from chatforge.config import config_to_dict
@@ -142,17 +174,19 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     folder.resume_from = found
 
 
-def save_final(out: Path, model, tokenizer, base_model_name: str) -> None:
+def save_final(out: Path, model, tokenizer, base_model_name: str, state_dict: dict | None = None) -> None:
     """Write the model (or adapter) and tokenizer into a temp folder, sync, then move each file into `out`.
 
     An adapter's `base_model_name_or_path` is set to `base_model_name`, the model as the user named it (peft would
-    record the cache folder a GGUF or the embedded model was converted into)."""
+    record the cache folder a GGUF or the embedded model was converted into). `state_dict` (the full weights an
+    FSDP2 run gathered to rank 0) replaces the model's own, sharded, tensors."""
     import json
 
     tmp = out / f".final-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     adapter_cfg = tmp / "adapter_config.json"
     if adapter_cfg.is_file():
