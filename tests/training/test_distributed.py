@@ -111,7 +111,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _overrides(root: Path, out: str, *extra: str, data: Path | None = None) -> list[str]:
+def _overrides(root: Path, out: str, *extra: str, data: Path | None = None, device: str = "cpu") -> list[str]:
     """A tiny LoRA SFT run: 13 training examples, so the last global batch of 4 leaves rank 1 an empty slice."""
     model = tiny_model_dir(root)
     data = data or write_chat_data(root / "chat.jsonl", n=17)
@@ -122,7 +122,7 @@ def _overrides(root: Path, out: str, *extra: str, data: Path | None = None) -> l
         "data.max_length=64",
         "template.name=chatml",
         f"output.dir={root / out}",
-        "model.device=cpu",
+        f"model.device={device}",
         "train.num_threads=1",
         "train.learning_rate=1e-3",
         "train.progress=false",
@@ -138,18 +138,19 @@ def _overrides(root: Path, out: str, *extra: str, data: Path | None = None) -> l
     ]
 
 
-def train_one(root: Path, out: str, *extra: str, data: Path | None = None) -> Path:
-    cmd = [sys.executable, "-m", "chatforge", "train", *_overrides(root, out, *extra, data=data)]
+def train_one(root: Path, out: str, *extra: str, data: Path | None = None, device: str = "cpu") -> Path:
+    cmd = [sys.executable, "-m", "chatforge", "train", *_overrides(root, out, *extra, data=data, device=device)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / out
 
 
-def train_torchrun(root: Path, out: str, nproc: int, *extra: str, data: Path | None = None) -> Path:
+def train_torchrun(
+    root: Path, out: str, nproc: int, *extra: str, data: Path | None = None, device: str = "cpu"
+) -> Path:
     cmd = [sys.executable, "-m", "chatforge", "train", "--nproc", str(nproc)]
-    proc = subprocess.run(
-        cmd + _overrides(root, out, *extra, data=data), env=_env(), capture_output=True, text=True, timeout=600
-    )
+    cmd += _overrides(root, out, *extra, data=data, device=device)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root / out
 
@@ -159,15 +160,15 @@ def eval_losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["val_loss"] for r in rows if r["kind"] == "eval"}
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, tol: float = TOL) -> None:
     la, lb = losses(a), losses(b)
     assert sorted(la) == sorted(lb) == list(range(1, 7))
     for step in la:
-        assert abs(la[step] - lb[step]) <= TOL, (step, la[step], lb[step])
+        assert abs(la[step] - lb[step]) <= tol, (step, la[step], lb[step])
     ea, eb = eval_losses(a), eval_losses(b)
     assert sorted(ea) == sorted(eb) and ea
     for step in ea:
-        assert abs(ea[step] - eb[step]) <= TOL, (step, ea[step], eb[step])
+        assert abs(ea[step] - eb[step]) <= tol, (step, ea[step], eb[step])
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     assert sa["tokens"] == sb["tokens"] and sa["trained_tokens"] == sb["trained_tokens"]
 

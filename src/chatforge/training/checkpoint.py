@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,9 @@ def _load_sharded(path: Path, model, optimizer) -> None:
     state = _sharded_state(model, optimizer)
     if not state["model"]:
         raise ChatforgeError(f"{path}: the model has no trainable weights to restore")
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # loading on one process without a process group is intended, not a mistake
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(
         model,
         optimizer,

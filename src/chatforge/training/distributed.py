@@ -199,6 +199,11 @@ def setup(tcfg, device_hint: str = "auto") -> Dist:
         _CURRENT = Dist(timeout_s=tcfg.dist_timeout_s)
         return _CURRENT
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world > 1 and device_hint.startswith("cuda:"):
+        raise ChatforgeError(
+            f"model.device={device_hint} under torchrun: every rank would use that one GPU; set model.device=auto "
+            "(or cuda): each rank then uses the GPU of its LOCAL_RANK"
+        )
     use_cuda = device_hint != "cpu" and torch.cuda.is_available() and device_hint.startswith(("auto", "cuda"))
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
