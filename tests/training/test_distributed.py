@@ -252,7 +252,9 @@ def test_ddp_dpo_matches_one_process(root):
     dpo = ("train.stage=dpo", "dpo.beta=0.5")
     one = train_one(root, "one-dpo", "train.batch_size=4", *dpo, data=pairs)
     two = train_torchrun(root, "ddp-dpo", 2, "train.batch_size=2", "train.distributed=ddp", *dpo, data=pairs)
-    assert_same_run(one, two)
+    # 1e-5 (the fp32 bound): a DPO loss is a small difference of summed log-probs, which magnifies the
+    # rounding differences of the all-reduced gradients (seen: 1.3e-6 on a validation loss of 0.63).
+    assert_same_run(one, two, tol=1e-5)
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/chosen" in r or "accuracy" in r for r in rows if r["kind"] == "train")
 
@@ -314,7 +316,7 @@ def test_a_killed_rank_stops_the_run_with_a_clear_error_and_resume_gives_the_uni
     assert time.monotonic() - t0 < 400
     out = root / "killed"
     assert not (out / "summary.json").exists()
-    assert [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")][-1] == "step-000004"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1] == "step-000004"
     # Continue on one process at the same global batch: the losses are those of the uninterrupted run.
     resumed = train_one(root, "killed", "train.batch_size=4", "train.save_every=2", "train.resume=auto")
     assert_same_run(one_lora, resumed)
