@@ -37,8 +37,8 @@ RESUME_SAFE = {
     "train.save_total_limit",
     "train.eval_every",
     "train.eval_batch_size",
-    # How the run is spread over processes: the global batch (checked through the plan) is what must stay.
-    "train.batch_size",
+    # How the run is spread over processes (train.batch_size may change with the number of processes as long as the
+    # global batch stays: see _refuse_changed).
     "train.distributed",
     "train.dist_timeout_s",
     "train.fsdp_cpu_offload",
@@ -127,12 +127,18 @@ def _open_run_folder(cfg) -> RunFolder:
     return folder
 
 
-def _refuse_changed(out: Path, where: Path, current: dict, yaml) -> None:
-    """A run continues only with the settings it was started with (config.yaml in its folder)."""
+def _refuse_changed(out: Path, where: Path, current: dict, yaml, saved_world: int = 1) -> None:
+    """A run continues only with the settings it was started with (config.yaml in its folder). `train.batch_size`
+    is per process: it may differ when the global batch (batch_size x processes) is the same."""
+    from chatforge.training.distributed import current as current_dist
+
     if not (out / "config.yaml").is_file():
         return
     saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
     changed = changed_settings(saved, current)
+    saved_bs = (saved.get("train") or {}).get("batch_size")
+    if saved_bs is not None and saved_bs * saved_world == current["train"]["batch_size"] * current_dist().world:
+        changed = [k for k in changed if k != "train.batch_size"]
     if changed:
         old, new = _flatten(saved), _flatten(current)
         detail = "; ".join(f"{k} changed ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:8])
@@ -148,8 +154,9 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     out, resume = folder.path, cfg.train.resume
     found: ckpt_mod.Checkpoint | None = None
     if resume == "auto" and (out / "summary.json").is_file():
-        _refuse_changed(out, out, current, yaml)
-        folder.finished_summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+        _refuse_changed(out, out, current, yaml, saved_world=int(summary.get("world_size") or 1))
+        folder.finished_summary = summary
         return
     if resume == "auto":
         path = ckpt_mod.latest_checkpoint(out)
@@ -157,7 +164,7 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     elif resume:
         found = ckpt_mod.read_checkpoint(resume)
     if found is not None:
-        _refuse_changed(out, found.path, current, yaml)
+        _refuse_changed(out, found.path, current, yaml, saved_world=_saved_world(out, found, yaml))
     else:
         existing = [n for n in RUN_FILES if (out / n).exists()]
         if existing and not (cfg.output.overwrite or resume == "auto"):
@@ -172,6 +179,14 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     for leftover in out.glob(".final-*"):  # a save killed before it was moved into place
         shutil.rmtree(leftover, ignore_errors=True)
     folder.resume_from = found
+
+
+def _saved_world(out: Path, found: ckpt_mod.Checkpoint, yaml) -> int:
+    """How many processes wrote a checkpoint: its planned (global) batch over the per-process batch_size."""
+    plan_bs = (found.state.get("plan") or {}).get("batch_size")
+    saved = yaml.safe_load((out / "config.yaml").read_text()) or {} if (out / "config.yaml").is_file() else {}
+    saved_bs = (saved.get("train") or {}).get("batch_size")
+    return plan_bs // saved_bs if plan_bs and saved_bs and plan_bs % saved_bs == 0 else 1
 
 
 def save_final(out: Path, model, tokenizer, base_model_name: str, state_dict: dict | None = None) -> None:

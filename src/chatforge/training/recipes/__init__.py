@@ -18,8 +18,14 @@ def train(cfg):
     from chatforge.training import distributed
 
     d = distributed.setup(cfg.train, cfg.model.device)
-    distributed.check_supported(cfg, d)
-    result = RECIPES[cfg.train.stage](cfg)
-    # Only after success: a failed rank leaves the group to die with the process (a teardown could wait on peers).
+    try:
+        distributed.check_supported(cfg, d)
+        result = RECIPES[cfg.train.stage](cfg)
+    except BaseException:
+        # A failed rank leaves its group to die with the process (destroying it could wait on peers); a single
+        # process forgets its Dist, so a later train() in the same process reads the environment again.
+        if not d.active:
+            distributed.teardown()
+        raise
     distributed.teardown()
     return result
