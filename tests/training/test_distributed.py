@@ -320,3 +320,15 @@ def test_a_killed_rank_stops_the_run_with_a_clear_error_and_resume_gives_the_uni
     # Continue on one process at the same global batch: the losses are those of the uninterrupted run.
     resumed = train_one(root, "killed", "train.batch_size=4", "train.save_every=2", "train.resume=auto")
     assert_same_run(one_lora, resumed)
+
+
+@pytest.mark.integration
+def test_pt_packed_rows_under_fsdp2_match_one_process(root):
+    from train_helpers import write_text_data
+
+    text = write_text_data(root / "text.txt", n=40)
+    pt = ("train.stage=pt", "train.batching=packed", "data.max_length=32")
+    one = train_one(root, "one-pt", "train.batch_size=4", *pt, data=text)
+    two = train_torchrun(root, "fsdp-pt", 2, "train.batch_size=2", "train.distributed=fsdp2", *pt, data=text)
+    assert_same_run(one, two)
+    assert_same_weights(one, two, "adapter_model.safetensors")
