@@ -8,7 +8,7 @@ import json
 import pytest
 from train_helpers import losses, run_config
 
-from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.errors import ChatforgeError
 from chatforge.training import train
 from chatforge.training.monitor import FlopModel, Throughput
 from chatforge.training.run_folder import open_run_folder
@@ -83,9 +83,13 @@ def test_learning_rate_out_of_range_is_a_config_error(tmp_path):
         run_config(tmp_path, "train.learning_rate=1e30")
 
 
-def test_torchrun_world_size_is_refused_until_distributed_lands(tmp_path, monkeypatch):
+def test_world_size_without_torchrun_is_a_clear_error(tmp_path, monkeypatch):
+    # Multi-process runs are tests/training/test_distributed.py; a WORLD_SIZE without the rest of torchrun's
+    # environment must not let a lone process train as if it were one of several.
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(NotSupportedError, match="WORLD_SIZE=2"):
+    for var in ("RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ChatforgeError, match="WORLD_SIZE=2 but RANK/MASTER_ADDR are not set"):
         train(run_config(tmp_path, "train.max_steps=1"))
 
 

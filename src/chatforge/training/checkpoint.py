@@ -3,6 +3,9 @@
 Layout: `<output>/checkpoints/step-000123/` holding `model/` (a PEFT adapter or a full HF model, via
 `save_pretrained`), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch CPU/CUDA generator states), `state.json`
 (step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state) and the marker `COMPLETE`.
+Under `train.distributed=fsdp2` the model's trainable weights and the optimizer state are a sharded
+torch.distributed.checkpoint folder `dcp/` instead (every rank writes its shards; it loads on any number of
+processes, one included); other ranks' RNG states are `rng-<rank>.pt`. Rank 0 writes everything else.
 A checkpoint is written into a hidden temporary folder and renamed into place only after the marker is written, so
 a killed process leaves at most a `.tmp-*` folder, which is never picked up and is cleaned on the next start.
 """
@@ -14,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from chatforge.errors import ChatforgeError
+from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.training.distributed import Dist, unwrap
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -101,22 +106,47 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_checkpoint(
-    output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep_last: int
+    output_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int,
+    dist: Dist | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable."""
+    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable.
+    Under a process group every rank calls it; rank 0 writes and publishes, FSDP2 ranks also write their shards."""
+    d = dist or Dist()
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    if _is_prompt_learning(model):  # peft saves only the encoder's output; resuming needs the encoder (MLP/LSTM)
-        save_file(model.prompt_encoder.state_dict(), tmp / "model" / "prompt_encoder.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    tmp = root / f".tmp-step-{step:06d}-{d.broadcast_object(os.getpid())}"  # one name for all ranks
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    d.barrier()
     rng_small, rng_tensors = _rng_state()
+    if d.mode == "fsdp2":
+        _save_sharded(tmp / "dcp", model, optimizer)
+        if not d.is_main:
+            torch.save(rng_tensors, tmp / f"rng-{d.rank}.pt")
+    elif d.is_main:
+        model = unwrap(model)
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if _is_prompt_learning(model):  # peft saves only the encoder's output; resuming needs the encoder (MLP/LSTM)
+            save_file(model.prompt_encoder.state_dict(), tmp / "model" / "prompt_encoder.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    d.barrier()
+    if d.is_main:
+        _publish(tmp, final, output_dir, step, scheduler, state, rng_small, rng_tensors, keep_last)
+    d.barrier()  # nobody moves on (or resumes from it) before it is in place
+    return final
+
+
+def _publish(tmp, final, output_dir, step, scheduler, state, rng_small, rng_tensors, keep_last) -> None:
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_tensors, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_small}))
     _fsync_tree(tmp)
@@ -126,7 +156,60 @@ def save_checkpoint(
     os.replace(tmp, final)
     for old in list_checkpoints(output_dir)[:-keep_last]:
         _discard(old)
-    return final
+
+
+def _trainable_names(model) -> set[str]:
+    return {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def _sharded_state(model, optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    keep = _trainable_names(model)  # frozen base weights come from the base model, not from the checkpoint
+    return {"model": {k: v for k, v in msd.items() if k in keep}, "optim": osd}
+
+
+def _save_sharded(path: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(path))
+
+
+def _load_sharded(path: Path, model, optimizer) -> None:
+    """Load a dcp/ folder into `model` and `optimizer` as they are sharded now (any world size, DDP or none)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    state = _sharded_state(model, optimizer)
+    if not state["model"]:
+        raise ChatforgeError(f"{path}: the model has no trainable weights to restore")
+    with warnings.catch_warnings():  # loading on one process without a process group is intended, not a mistake
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=StateDictOptions(strict=False),
+    )
+    optimizer.zero_grad(set_to_none=True)  # get_state_dict's optimizer warm-up left zero gradients behind
+
+
+def restore_training(ckpt: Checkpoint, model, optimizer, dist: Dist | None = None) -> None:
+    """Model weights and optimizer state from either layout, into a plain, DDP or FSDP2 model."""
+    d = dist or Dist()
+    if (ckpt.path / "dcp").is_dir():
+        _load_sharded(ckpt.path / "dcp", model, optimizer)
+        return
+    if d.mode == "fsdp2":
+        raise NotSupportedError(
+            f"{ckpt.path} was written by one process or DDP (no dcp/ folder); train.distributed=fsdp2 resumes only "
+            "FSDP2 checkpoints: resume it with train.distributed=ddp or one process"
+        )
+    restore_model(ckpt, unwrap(model))
+    restore_optimizer(ckpt, optimizer)
 
 
 def _discard(path: Path) -> None:
@@ -193,5 +276,8 @@ def restore_scheduler(ckpt: Checkpoint, scheduler) -> None:
     scheduler.load_state_dict(torch.load(ckpt.path / "scheduler.pt", weights_only=True))
 
 
-def restore_rng(ckpt: Checkpoint) -> None:
-    _set_rng_state(ckpt.state["rng"], torch.load(ckpt.path / "rng.pt", weights_only=True))
+def restore_rng(ckpt: Checkpoint, rank: int = 0) -> None:
+    """The RNG states saved by this rank (rank 0's where the checkpoint had fewer ranks)."""
+    own = ckpt.path / f"rng-{rank}.pt"
+    tensors = torch.load(own if rank and own.is_file() else ckpt.path / "rng.pt", weights_only=True)
+    _set_rng_state(ckpt.state["rng"], tensors)

@@ -121,6 +121,16 @@ class TrainConfig:
     )
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events when tensorboard is installed"})
     progress: bool = True
+    # Multi-process training under torchrun (`training.distributed`); batch_size is per process, the global batch is
+    # batch_size x processes. Without torchrun these are ignored.
+    distributed: Literal["auto", "ddp", "fsdp2"] = field(
+        default="auto", metadata={"help": "under torchrun: ddp (replicated) | fsdp2 (sharded); auto = ddp"}
+    )
+    dist_timeout_s: float = field(
+        default=600.0,
+        metadata={"gt": 0, "help": "seconds a collective waits for the other ranks before the run fails"},
+    )
+    fsdp_cpu_offload: bool = field(default=False, metadata={"help": "fsdp2: keep parameter shards in CPU memory"})
 
 
 @dataclass

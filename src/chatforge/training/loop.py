@@ -6,6 +6,10 @@ runs steps until `total_steps` or early stopping. One step is `grad_accum` micro
 all of their normaliser units (exact under accumulation and padding). Validation runs every `eval_every` steps,
 checkpoints every `save_every` steps hold everything needed to continue bit-for-bit (`train.resume=auto`), and a
 non-finite loss stops the run with an error, keeping the last good checkpoint.
+
+Under a process group (`dist`, see `training.distributed`) each planned batch is a global batch: this rank trains
+its slice, the step's normaliser is summed over ranks first, and the logged loss and metrics are global sums over
+the global count, so a step equals the one-process step at the same global batch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from chatforge.errors import ChatforgeError
 from chatforge.training import checkpoint as ckpt_mod
 from chatforge.training.batching import Batches
+from chatforge.training.distributed import Dist, grad_norm_value
 from chatforge.training.monitor import MetricsLog, Progress, Throughput, compile_count, eval_line, perplexity
 from chatforge.training.packing import attention_inputs
 from chatforge.training.state import TrainState
@@ -36,22 +41,33 @@ class LoopResult:
 
 
 @torch.no_grad()
-def evaluate(model, objective, val_batches: list[dict], device, autocast) -> dict:
-    """Mean validation loss and metrics over `val_batches` (padded CPU batches), weighted by the objective."""
+def evaluate(model, objective, val_batches: list[dict], device, autocast, dist: Dist | None = None) -> dict:
+    """Mean validation loss and metrics over `val_batches` (padded CPU batches), weighted by the objective.
+    Under a process group rank r evaluates batches r, r + world, ... and the sums are added over ranks."""
     if not val_batches:
         return {}
+    d = dist or Dist()
     was_training = model.training
     model.eval()
+    mine = val_batches[d.rank :: d.world]
+    # Every rank runs the same number of forwards (FSDP2 gathers weights in each); the extra ones weigh 0.
+    rounds = -(-len(val_batches) // d.world)
     loss_sum, count, sums = 0.0, 0, {}
-    for batch in val_batches:
-        n = objective.count(batch)
+    for i in range(rounds):
+        batch, weight = (mine[i], 1) if i < len(mine) else (val_batches[0], 0)
+        n = objective.count(batch) * weight
         with autocast():
             loss, metrics = objective(model, attention_inputs(batch, device))
-        loss_sum += float(loss)
+        loss_sum += float(loss) * weight
         count += n
         for name, value in metrics.items():
-            sums[name] = sums.get(name, 0.0) + float(value)
+            sums[name] = sums.get(name, 0.0) + float(value) * weight
     model.train(was_training)
+    if d.active:
+        names = sorted(sums)
+        total = d.all_reduce_sum(torch.tensor([float(loss_sum), count] + [sums[k] for k in names], dtype=torch.float64))
+        loss_sum, count = float(total[0]), int(total[1])
+        sums = {k: float(total[2 + j]) for j, k in enumerate(names)}
     out = {"val_loss": loss_sum / max(1, count)}
     out.update({f"val_{name}": value / max(1, count) for name, value in sums.items()})
     out["val_count"] = count
@@ -80,12 +96,15 @@ def run_loop(
     throughput: Throughput,
     on_eval: Callable[[torch.nn.Module, int], object] | None = None,
     on_validated: Callable[[TrainState, torch.nn.Module], None] | None = None,
+    dist: Dist | None = None,
 ) -> LoopResult:
     """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model.
 
     `on_eval(model, step)` runs at every evaluation point (samples from fixed prompts); `on_validated(state, model)`
-    runs after every tracked validation (`training.best` keeps the best weights with it).
+    runs after every tracked validation (`training.best` keeps the best weights with it). With `dist`, `model` is the
+    DDP/FSDP2-wrapped module and `batches` plans global batches.
     """
+    d = dist or Dist()
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
     last_eval_step = -1
@@ -101,21 +120,36 @@ def run_loop(
         t_step = time.perf_counter()
         compiled_before = compile_count()
         window_idx = plan[state.batch : state.batch + tcfg.grad_accum]
-        window = [batches.make(idx) for idx in window_idx]
-        count = sum(objective.count(b) for b in window)
+        # This rank's slice of each global batch; an empty slice (short last batch) trains a zero-weight stand-in.
+        mine = [d.shard(idx) for idx in window_idx]
+        weights = [1.0 if idx else 0.0 for idx in mine]
+        window = [batches.make(idx or global_idx[:1]) for idx, global_idx in zip(mine, window_idx, strict=True)]
+        count = sum(objective.count(b) * int(w) for b, w in zip(window, weights, strict=True))
+        if d.active:  # the whole step's normaliser, over every rank, before the first backward
+            count = int(d.all_reduce_sum(torch.tensor(float(count))))
         step_loss = torch.zeros((), device=device)
         sums: dict[str, torch.Tensor] = {}
-        for batch in window:
-            with autocast():
-                loss_sum, step_metrics = objective(model, attention_inputs(batch, device, attention=attention))
-            # Dividing by the whole window's count makes accumulation equal to one big batch.
-            (loss_sum / max(1, count)).backward()
+        for i, (batch, weight) in enumerate(zip(window, weights, strict=True)):
+            with d.grad_sync(model, sync=i == len(window) - 1):
+                with autocast():
+                    loss_sum, step_metrics = objective(model, attention_inputs(batch, device, attention=attention))
+                if weight == 0.0:
+                    loss_sum = loss_sum * 0.0
+                # Dividing by the whole window's count makes accumulation equal to one big batch; DDP and FSDP2
+                # average gradients over ranks, so x world turns that average into the global sum.
+                scaled = loss_sum / max(1, count)
+                (scaled * d.world if d.world > 1 else scaled).backward()
             step_loss += loss_sum.detach().float()
             for name, value in step_metrics.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
+                sums[name] = sums.get(name, 0) + value.detach().float() * weight
+        if d.active:  # the logged loss and metrics are global: one all-reduce of every sum
+            names = sorted(sums)
+            total = d.all_reduce_sum(torch.stack([step_loss.double()] + [sums[k].double() for k in names]))
+            step_loss = total[0]
+            sums = {k: total[1 + j] for j, k in enumerate(names)}
         grad_norm = None
         if tcfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm))
+            grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm))
         loss_value = float(step_loss) / max(1, count)
         if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
             last = ckpt_mod.latest_checkpoint(out)
@@ -150,7 +184,8 @@ def run_loop(
             step_time=dt,
             tok_per_s=real / max(dt, 1e-9),
         )
-        metrics.write(result.last_train)
+        if d.is_main:
+            metrics.write(result.last_train)
         progress.update(state.step, loss_value, lr, throughput.steady_tok_per_s())
 
         step = state.step
@@ -159,8 +194,9 @@ def run_loop(
             if on_eval is not None:
                 on_eval(model, step)  # samples from the fixed prompts
         if val_batches and last_eval_step == step:
-            result.last_eval = evaluate(model, objective, val_batches, device, autocast)
-            metrics.write(dict(kind="eval", step=step, **result.last_eval))
+            result.last_eval = evaluate(model, objective, val_batches, device, autocast, d)
+            if d.is_main:
+                metrics.write(dict(kind="eval", step=step, **result.last_eval))
             progress.message(eval_line(step, result.last_eval))
             result.stopped_early = state.track_validation(
                 result.last_eval["val_loss"], tcfg.early_stopping_patience, tcfg.early_stopping_min_delta
@@ -171,14 +207,17 @@ def run_loop(
             now = time.perf_counter()
             state.elapsed += now - t_mark
             t_mark = now
-            ckpt_mod.save_checkpoint(out, step, model, optimizer, scheduler, state.to_dict(), tcfg.save_total_limit)
+            ckpt_mod.save_checkpoint(
+                out, step, model, optimizer, scheduler, state.to_dict(), tcfg.save_total_limit, dist=d
+            )
     state.elapsed += time.perf_counter() - t_mark
 
     if last_eval_step != state.step and result.steps_this_process and on_eval is not None:
         on_eval(model, state.step)
     if val_batches and last_eval_step != state.step and result.steps_this_process:
-        result.last_eval = evaluate(model, objective, val_batches, device, autocast)
-        metrics.write(dict(kind="eval", step=state.step, **result.last_eval))
+        result.last_eval = evaluate(model, objective, val_batches, device, autocast, d)
+        if d.is_main:
+            metrics.write(dict(kind="eval", step=state.step, **result.last_eval))
         progress.message(eval_line(state.step, result.last_eval))
         if not result.stopped_early:
             state.track_validation(

@@ -44,13 +44,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def check_single_process() -> None:
-    """Distributed training is not implemented yet: refuse to let every torchrun rank train alone."""
+def check_single_process(stage: str | None = None) -> None:
+    """For a recipe that has no distributed path: refuse to let every torchrun rank train alone."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
+        from chatforge.training.recipes import DISTRIBUTED
+
+        what = f"train.stage={stage}" if stage else "this stage"
         raise NotSupportedError(
-            f"WORLD_SIZE={world}: multi-process (torchrun / DDP / FSDP) training is not supported yet; "
-            "run one process (one device)"
+            f"WORLD_SIZE={world}: {what} does not run on several processes yet (stages that do: "
+            f"{', '.join(sorted(DISTRIBUTED))}); run one process (one device)"
         )
 
 

@@ -37,6 +37,11 @@ RESUME_SAFE = {
     "train.save_total_limit",
     "train.eval_every",
     "train.eval_batch_size",
+    # How the run is spread over processes (train.batch_size may change with the number of processes as long as the
+    # global batch stays: see _refuse_changed).
+    "train.distributed",
+    "train.dist_timeout_s",
+    "train.fsdp_cpu_offload",
     "model.device",
     "output.dir",
     "output.overwrite",
@@ -70,7 +75,34 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
 
 
 def open_run_folder(cfg) -> RunFolder:
-    """Check and lock `output.dir`; decide between a fresh start, a resume and an already finished run."""
+    """Check and lock `output.dir`; decide between a fresh start, a resume and an already finished run.
+
+    Under a process group only rank 0 touches the folder (marker, lock, clean-up); the others wait for its decision
+    (or its error, which they raise too) and read the same checkpoint."""
+    from chatforge.training.distributed import current
+
+    d = current()
+    if not d.active:
+        return _open_run_folder(cfg)
+    folder, decision = None, None
+    if d.is_main:
+        try:
+            folder = _open_run_folder(cfg)
+        except BaseException as err:
+            d.broadcast_object({"error": str(err) if isinstance(err, ChatforgeError) else f"rank 0 failed: {err!r}"})
+            raise
+        resume = folder.resume_from
+        decision = {"resume": str(resume.path) if resume else None, "finished": folder.finished_summary}
+    decision = d.broadcast_object(decision)
+    if folder is not None:
+        return folder
+    if "error" in decision:
+        raise ChatforgeError(decision["error"])
+    resume = ckpt_mod.read_checkpoint(decision["resume"]) if decision["resume"] else None
+    return RunFolder(Path(cfg.output.dir), resume_from=resume, finished_summary=decision["finished"])
+
+
+def _open_run_folder(cfg) -> RunFolder:
     import yaml
 
     from chatforge.config import config_to_dict
@@ -95,12 +127,18 @@ def open_run_folder(cfg) -> RunFolder:
     return folder
 
 
-def _refuse_changed(out: Path, where: Path, current: dict, yaml) -> None:
-    """A run continues only with the settings it was started with (config.yaml in its folder)."""
+def _refuse_changed(out: Path, where: Path, current: dict, yaml, saved_world: int = 1) -> None:
+    """A run continues only with the settings it was started with (config.yaml in its folder). `train.batch_size`
+    is per process: it may differ when the global batch (batch_size x processes) is the same."""
+    from chatforge.training.distributed import current as current_dist
+
     if not (out / "config.yaml").is_file():
         return
     saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
     changed = changed_settings(saved, current)
+    saved_bs = (saved.get("train") or {}).get("batch_size")
+    if saved_bs is not None and saved_bs * saved_world == current["train"]["batch_size"] * current_dist().world:
+        changed = [k for k in changed if k != "train.batch_size"]
     if changed:
         old, new = _flatten(saved), _flatten(current)
         detail = "; ".join(f"{k} changed ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:8])
@@ -116,8 +154,9 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     out, resume = folder.path, cfg.train.resume
     found: ckpt_mod.Checkpoint | None = None
     if resume == "auto" and (out / "summary.json").is_file():
-        _refuse_changed(out, out, current, yaml)
-        folder.finished_summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+        _refuse_changed(out, out, current, yaml, saved_world=int(summary.get("world_size") or 1))
+        folder.finished_summary = summary
         return
     if resume == "auto":
         path = ckpt_mod.latest_checkpoint(out)
@@ -125,7 +164,7 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     elif resume:
         found = ckpt_mod.read_checkpoint(resume)
     if found is not None:
-        _refuse_changed(out, found.path, current, yaml)
+        _refuse_changed(out, found.path, current, yaml, saved_world=_saved_world(out, found, yaml))
     else:
         existing = [n for n in RUN_FILES if (out / n).exists()]
         if existing and not (cfg.output.overwrite or resume == "auto"):
@@ -142,17 +181,27 @@ def _decide(folder: RunFolder, cfg, current: dict, yaml) -> None:
     folder.resume_from = found
 
 
-def save_final(out: Path, model, tokenizer, base_model_name: str) -> None:
+def _saved_world(out: Path, found: ckpt_mod.Checkpoint, yaml) -> int:
+    """How many processes wrote a checkpoint: its planned (global) batch over the per-process batch_size."""
+    plan_bs = (found.state.get("plan") or {}).get("batch_size")
+    saved = yaml.safe_load((out / "config.yaml").read_text()) or {} if (out / "config.yaml").is_file() else {}
+    saved_bs = (saved.get("train") or {}).get("batch_size")
+    return plan_bs // saved_bs if plan_bs and saved_bs and plan_bs % saved_bs == 0 else 1
+
+
+def save_final(out: Path, model, tokenizer, base_model_name: str, state_dict: dict | None = None) -> None:
     """Write the model (or adapter) and tokenizer into a temp folder, sync, then move each file into `out`.
 
     An adapter's `base_model_name_or_path` is set to `base_model_name`, the model as the user named it (peft would
-    record the cache folder a GGUF or the embedded model was converted into)."""
+    record the cache folder a GGUF or the embedded model was converted into). `state_dict` (the full weights an
+    FSDP2 run gathered to rank 0) replaces the model's own, sharded, tensors."""
     import json
 
     tmp = out / f".final-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     adapter_cfg = tmp / "adapter_config.json"
     if adapter_cfg.is_file():

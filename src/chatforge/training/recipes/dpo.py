@@ -23,7 +23,7 @@ import torch
 from chatforge.errors import ChatforgeError, NotSupportedError
 from chatforge.training.batching import Batches
 from chatforge.training.dataset import PairData, PairExample, encode_preferences, read_data
-from chatforge.training.model_setup import check_single_process, prepare_model
+from chatforge.training.model_setup import prepare_model
 from chatforge.training.packing import pad_batch
 from chatforge.training.preference import PreferenceObjective, precompute_reference
 from chatforge.training.run_folder import open_run_folder
@@ -31,7 +31,6 @@ from chatforge.training.session import TrainResult, finished_run, run_session
 
 
 def run(cfg) -> TrainResult:
-    check_single_process()
     if cfg.train.batching == "packed":
         raise NotSupportedError("train.stage=dpo: train.batching=packed is not supported; use length_grouped or random")
     folder = open_run_folder(cfg)

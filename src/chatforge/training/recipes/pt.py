@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chatforge.training.dataset import encode_data, encode_pt, read_data
-from chatforge.training.model_setup import check_single_process, prepare_model
+from chatforge.training.model_setup import prepare_model
 from chatforge.training.objectives import TokenObjective
 from chatforge.training.recipes.sft import train_on_tokens
 from chatforge.training.run_folder import open_run_folder
@@ -20,7 +20,6 @@ from chatforge.training.session import TrainResult, finished_run, run_session
 
 
 def run(cfg) -> TrainResult:
-    check_single_process()
     if cfg.data.shards and cfg.model.tokenizer is None:
         # The shards carry the tokenizer they were written with; recorded in config.yaml, so a resume sees the same.
         cfg = replace(cfg, model=replace(cfg.model, tokenizer=str(Path(cfg.data.shards) / "tokenizer")))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from chatforge.training.batching import lm_batches
 from chatforge.training.dataset import encode_data, encode_sft, read_data
-from chatforge.training.model_setup import check_single_process, prepare_model
+from chatforge.training.model_setup import prepare_model
 from chatforge.training.objectives import TokenObjective
 from chatforge.training.packing import pad_batch
 from chatforge.training.run_folder import open_run_folder
@@ -23,7 +23,6 @@ from chatforge.training.session import TrainResult, finished_run, run_session
 
 
 def run(cfg) -> TrainResult:
-    check_single_process()
     folder = open_run_folder(cfg)
     try:
         if folder.finished_summary is not None:
