@@ -494,7 +494,7 @@ def _chat(rec: dict, layout: Layout) -> Conversation | PreferencePair:
         chosen = _reply(_get(rec, chosen_key, required=True), chosen_key, tags)
         rejected = _reply(_get(rec, rejected_key, required=True), rejected_key, tags)
         check_order(messages, key, end="prompt")
-        return PreferencePair(Conversation(messages, tools=tools), chosen, rejected, meta=meta)
+        return PreferencePair(Conversation(messages, tools=tools), chosen, rejected, meta=_with_margin(rec, meta))
     check_order(messages, key, end="assistant")
     return Conversation(messages, tools=tools, meta={**meta, **_kto(rec, layout)})
 
@@ -507,8 +507,19 @@ def convert_openai(rec: dict, layout: Layout) -> Conversation | PreferencePair:
     return _chat(rec, layout)
 
 
+def _with_margin(rec: dict, meta: dict) -> dict:
+    """A pair's own reward-model margin (stage rm), kept from a top-level `margin` field; checked by the recipe."""
+    return {**meta, "margin": rec["margin"]} if "margin" in rec else meta
+
+
 def convert_preference(rec: dict, layout: Layout) -> PreferencePair:
-    """Preference pairs in any of the shapes listed in the module docstring."""
+    """Preference pairs in any of the shapes listed in the module docstring (a `margin` field is kept in meta)."""
+    pair = _convert_preference(rec, layout)
+    pair.meta = _with_margin(rec, pair.meta)
+    return pair
+
+
+def _convert_preference(rec: dict, layout: Layout) -> PreferencePair:
     cols = layout.columns
     chosen_key, rejected_key = cols["chosen"], cols["rejected"]
     chosen_raw = _get(rec, chosen_key, required=True)

@@ -5,9 +5,10 @@ RECIPES maps a stage name to its `run(cfg) -> TrainResult`; `train(cfg)` dispatc
 
 from __future__ import annotations
 
-from chatforge.training.recipes import dpo, pt, sft
+from chatforge.training.recipes import dpo, kto, pt, rm, sft  # stages rm and kto
 
 RECIPES = {"sft": sft.run, "pt": pt.run, "dpo": dpo.run}
+RECIPES.update({"rm": rm.run, "kto": kto.run})  # reward model, KTO
 
 
 def train(cfg):
