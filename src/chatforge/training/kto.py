@@ -11,8 +11,8 @@ samples of y' ~ pi(.|x)). With h = log pi(y|x) - log ref(y|x) summed over the re
            lambda_U * (1 - s(beta * (z0 - h)))   for an undesirable one
 
 `count(batch)` is P, so the reported loss is the per-example mean. Metrics: kl (z0), reward (beta*h), margin
-(beta*(h - z0) signed by the label: positive = the model already prefers it the right way), accuracy (share with a
-positive signed margin). The reference: LoRA -> the same model with the adapter disabled; full / freeze -> a frozen
+(beta*(h - z0) signed by the label: positive = the loss's own sense of "right way"), accuracy (share of replies whose
+reward has the label's sign: desirable ones made likelier than under the reference, undesirable ones less likely). The reference: LoRA -> the same model with the adapter disabled; full / freeze -> a frozen
 copy of the starting weights (`ref_model`). A batch of one example has no other reply to mismatch with: its KL row
 is its own reply (the estimate is then the example's own log-ratio); `train.batch_size` must be >= 2.
 """
@@ -127,11 +127,13 @@ class KtoObjective:
             desirable_weight=self.desirable_weight,
             undesirable_weight=self.undesirable_weight,
         )
+        reward = (self.beta * (policy.float() - ref)).detach()
+        right_way = torch.where(batch["kto_desirable"], reward > 0, reward < 0)
         metrics = {
             "kl": kl * p,
-            "reward": (self.beta * (policy.float() - ref)).detach().sum(),
+            "reward": reward.sum(),
             "margin": signed.sum(),
-            "accuracy": (signed > 0).float().sum(),
+            "accuracy": right_way.float().sum(),
         }
         return loss.sum(), metrics
 
