@@ -597,7 +597,9 @@ def detect_layout(rec: Any) -> Layout:
         return Layout.make("sharegpt")
     if "messages" in keys:
         msgs = rec["messages"]
-        kto = {"kto_tag": "label"} if isinstance(rec.get("label"), bool) else {}
+        # A boolean `label` (LLaMA-Factory's kto demo) or `kto_tag` marks a KTO example.
+        kto_key = next((k for k in ("label", "kto_tag") if isinstance(rec.get(k), bool)), None)
+        kto = {"kto_tag": kto_key} if kto_key else {}
         if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) and "from" in msgs[0]:
             return Layout.make("sharegpt", {"messages": "messages", **kto})
         return Layout.make("openai", kto)

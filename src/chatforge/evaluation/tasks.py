@@ -575,3 +575,13 @@ TASKS: dict[str, Task] = {
     ),
     "choice": Task(read_choice_file, run_choice, {"accuracy": 100, "accuracy_norm": 100}),
 }
+
+
+def _register_reward() -> None:
+    # The reward-model task lives in its own module (stage rm); registered here so `eval.tasks: [reward]` works.
+    from chatforge.evaluation.reward import reward_items, run_reward
+
+    TASKS["reward"] = Task(reward_items, run_reward, {"pair_accuracy": 100})
+
+
+_register_reward()
