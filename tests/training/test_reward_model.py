@@ -184,3 +184,21 @@ def test_resume_is_exact(tmp_path, settings):
     got = losses(dest)
     assert got.keys() == want.keys() and len(got) == 9
     assert max(abs(got[k] - want[k]) for k in want) < 1e-6
+
+
+def test_a_reward_model_continues_only_as_a_reward_model(tmp_path):
+    """A saved reward adapter resumes training in stage rm; other stages refuse it, and stage rm refuses an LM adapter."""
+    from chatforge.errors import ChatforgeError
+
+    first = train(_rm_config(tmp_path, "train.max_steps=2", "data.val_size=0")).output_dir
+    cont = train(
+        _rm_config(
+            tmp_path, "train.max_steps=2", "data.val_size=0", f"model.adapter={first}", f"output.dir={tmp_path / 'c'}"
+        )
+    )
+    assert cont.summary["steps"] == 2
+    with pytest.raises(ChatforgeError, match="is a reward model"):
+        train(run_config(tmp_path, f"model.adapter={first}", "train.max_steps=1", f"output.dir={tmp_path / 'sft'}"))
+    lm = train(run_config(tmp_path, "train.max_steps=1", f"output.dir={tmp_path / 'lm'}")).output_dir
+    with pytest.raises(ChatforgeError, match="causal-LM adapter"):
+        train(_rm_config(tmp_path, f"model.adapter={lm}", "train.max_steps=1", f"output.dir={tmp_path / 'rm2'}"))

@@ -79,6 +79,18 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
         )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
+    from chatforge.models.assembly import is_reward_model
+
+    if is_reward_model(cfg.model) and head is None:
+        raise ChatforgeError(
+            f"{cfg.model.adapter or cfg.model.name_or_path} is a reward model (a score head): train.stage=rm continues "
+            f"it; stage {tcfg.stage} needs a causal LM"
+        )
+    if head is not None and cfg.model.adapter is not None and not is_reward_model(cfg.model):
+        raise ChatforgeError(
+            f"model.adapter={cfg.model.adapter} is a causal-LM adapter; train.stage=rm continues only a reward-model "
+            "adapter (peft task_type SEQ_CLS): leave model.adapter unset, or merge the adapter first (chatforge export)"
+        )
     seed_everything(tcfg.seed)  # adapter initialisation and dropout draw from the global generators
     parts = assemble(
         cfg.model, cfg.template, purpose="train", finetuning=cfg.peft.finetuning, seed=tcfg.seed, head=head
