@@ -191,3 +191,26 @@ def test_resume_is_exact(tmp_path, settings):
     got = losses(dest)
     assert got.keys() == want.keys() and len(got) == 9
     assert max(abs(got[k] - want[k]) for k in want) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "kto_tag": False},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "label": False},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "kto_tag": False},
+    ],
+    ids=["openai-kto_tag", "sharegpt-label", "sharegpt-kto_tag"],
+)
+def test_label_keys_are_read_in_every_chat_layout(tmp_path, rec):
+    from chatforge.data.readers import read_records
+
+    path = tmp_path / "kto.jsonl"
+    path.write_text(
+        json.dumps(rec)
+        + "\n"
+        + json.dumps({**rec, next(k for k in rec if k != "messages" and k != "conversations"): True})
+        + "\n"
+    )
+    records = list(read_records(path).records)
+    assert [r.meta["kto_label"] for r in records] == [False, True]

@@ -593,13 +593,13 @@ def detect_layout(rec: Any) -> Layout:
     keys = set(rec)
     if "chosen" in keys and "rejected" in keys:
         return Layout.make("preference")
+    # A boolean `label` (LLaMA-Factory's kto demo) or `kto_tag` marks a KTO example.
+    kto_key = next((k for k in ("label", "kto_tag") if isinstance(rec.get(k), bool)), None)
+    kto = {"kto_tag": kto_key} if kto_key else {}
     if "conversations" in keys:
-        return Layout.make("sharegpt")
+        return Layout.make("sharegpt", kto) if kto else Layout.make("sharegpt")
     if "messages" in keys:
         msgs = rec["messages"]
-        # A boolean `label` (LLaMA-Factory's kto demo) or `kto_tag` marks a KTO example.
-        kto_key = next((k for k in ("label", "kto_tag") if isinstance(rec.get(k), bool)), None)
-        kto = {"kto_tag": kto_key} if kto_key else {}
         if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) and "from" in msgs[0]:
             return Layout.make("sharegpt", {"messages": "messages", **kto})
         return Layout.make("openai", kto)
