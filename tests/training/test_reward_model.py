@@ -202,3 +202,13 @@ def test_a_reward_model_continues_only_as_a_reward_model(tmp_path):
     lm = train(run_config(tmp_path, "train.max_steps=1", f"output.dir={tmp_path / 'lm'}")).output_dir
     with pytest.raises(ChatforgeError, match="causal-LM adapter"):
         train(_rm_config(tmp_path, f"model.adapter={lm}", "train.max_steps=1", f"output.dir={tmp_path / 'rm2'}"))
+
+
+def test_freeze_trains_the_score_head_too(tmp_path):
+    from chatforge.training.model_setup import prepare_model
+
+    cfg = _rm_config(tmp_path, "peft.finetuning=freeze", "peft.freeze_layers=1")
+    tm = prepare_model(cfg, head="score")
+    trained = {n for n, p in tm.model.named_parameters() if p.requires_grad}
+    assert "score.weight" in trained and any(n.startswith("model.layers.1.") for n in trained)
+    assert not any(n.startswith("model.layers.0.") for n in trained)

@@ -72,6 +72,10 @@ def apply_finetuning(
             p.requires_grad_(True)
     elif method == "freeze":
         _freeze(model, cfg)
+        if head is not None:  # a new score head starts random: it always trains
+            for name, p in model.named_parameters():
+                if name.split(".")[0] == head:
+                    p.requires_grad_(True)
     elif method == "lora":
         model = _lora(model, cfg, extra_modules_to_save, task_type="CAUSAL_LM" if head is None else "SEQ_CLS")
     elif head is not None:
