@@ -108,6 +108,12 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
         )
     else:
         trainable = count_parameters(model, f"lora (continuing {cfg.model.adapter})")
+    if parts.head is not None and resolve_precision(tcfg.precision, parts.device) == "bf16":
+        # The score head trains in full: fp32 master weights even over a bf16 base (autocast does the maths; without
+        # autocast a bf16 base needs a bf16 head).
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32 and ".score." in f".{name}":
+                p.data = p.data.float()
     model.to(parts.device)
     speed = SpeedConfig(
         liger=tcfg.liger,
