@@ -164,3 +164,13 @@ def test_score_refuses_on_a_causal_lm(reward_model):
     with serve_in_thread(create_app(engine, "lm")) as url:
         r = httpx.post(f"{url}/v1/score", json={"messages": [{"role": "user", "content": "q"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_reward_model"
+
+
+def test_the_engine_refuses_to_generate_with_a_reward_model(served):
+    from chatforge.errors import NotSupportedError
+    from chatforge.serving.engine import SamplingParams
+
+    _, engine = served
+    conv = Conversation([Message("user", "hi")])
+    with pytest.raises(NotSupportedError, match="reward model"):
+        engine.generate([conv], SamplingParams(max_new_tokens=4))
