@@ -40,7 +40,8 @@ def run(cfg) -> TrainResult:
         if folder.finished_summary is not None:
             return finished_run(folder)
         raw = read_data(cfg)  # before the model loads: a bad record fails in seconds
-        margins_given = any(_margin_of(r, i) is not None for i, r in enumerate([*raw.train, *raw.val]))
+        # Checked before the model loads; record numbers count within each list (train, then val).
+        margins_given = any(_margin_of(r, i) is not None for recs in (raw.train, raw.val) for i, r in enumerate(recs))
         tm = prepare_model(cfg, head="score")
         stats = Counter(raw.stats)
 
