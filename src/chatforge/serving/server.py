@@ -264,8 +264,9 @@ def create_app(
     @app.get("/openapi.json")
     async def openapi():
         from chatforge.serving.openapi import openapi_document
+        from chatforge.serving.scoring import is_reward_engine
 
-        return openapi_document(tuple(routes), with_tools=toolbox is not None)
+        return openapi_document(tuple(routes), with_tools=toolbox is not None, with_score=is_reward_engine(engine))
 
     @app.get("/v1/models")
     async def models(request: Request):
