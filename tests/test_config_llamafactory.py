@@ -133,8 +133,8 @@ def test_other_keys_and_their_reasons():
     left = dict(unmapped)
     assert "fp16" in left and "wandb" in left["report_to"] and "no chatforge equivalent" in left["some_future_key"]
     assert "no warmup" in left["warmup_steps"]
-    with pytest.raises(NotSupportedError, match="stage 'dpo'"):
-        from_llamafactory({"model_name_or_path": "m", "stage": "dpo"})
+    with pytest.raises(NotSupportedError, match="stage 'ppo'"):
+        from_llamafactory({"model_name_or_path": "m", "stage": "ppo"})
     with pytest.raises(NotSupportedError, match="QLoRA"):
         from_llamafactory({"model_name_or_path": "m", "quantization_bit": 4})
     with pytest.raises(ChatforgeError, match="lora_rank: expected a number"):
@@ -206,3 +206,31 @@ def test_maybe_convert_passes_chatforge_files_through(tmp_path):
     own.write_text("train:\n  epochs: 1\n")
     assert maybe_convert(own) == (own, [])
     assert maybe_convert(None) == (None, [])
+
+
+def test_preference_stages_map_with_their_keys():
+    """stage rm / dpo / kto and their pref_* / kto_* keys; ppo, an added SFT term and kto_pair are refused."""
+    base = {"model_name_or_path": "m", "dataset": "dpo_en_demo", "finetuning_type": "lora"}
+    cfg, unmapped = from_llamafactory(
+        {**base, "stage": "dpo", "pref_beta": 0.2, "pref_loss": "simpo", "simpo_gamma": 0.7, "pref_ftx": 0}
+    )
+    assert cfg["train"]["stage"] == "dpo" and cfg["dpo"] == {"beta": 0.2, "loss": "simpo", "simpo_gamma": 0.7}
+    assert "pref_ftx" in dict(unmapped)
+    cfg, _ = from_llamafactory(
+        {**base, "stage": "kto", "pref_beta": 0.3, "kto_chosen_weight": 1.0, "kto_rejected_weight": 1.5}
+    )
+    assert cfg["train"]["stage"] == "kto"
+    assert cfg["kto"] == {"beta": 0.3, "desirable_weight": 1.0, "undesirable_weight": 1.5}
+    cfg, unmapped = from_llamafactory({**base, "stage": "rm", "pref_beta": 0.1})
+    assert cfg["train"]["stage"] == "rm" and "dpo" not in cfg and "stage rm" in dict(unmapped)["pref_beta"]
+    with pytest.raises(NotSupportedError, match="pref_loss='kto_pair'"):
+        from_llamafactory({**base, "stage": "dpo", "pref_loss": "kto_pair"})
+    with pytest.raises(NotSupportedError, match="pref_ftx"):
+        from_llamafactory({**base, "stage": "dpo", "pref_ftx": 0.5})
+    # the converted config validates as a chatforge run config
+    from chatforge.training.config import load_train_config
+
+    cfg, _ = from_llamafactory({**base, "stage": "kto", "pref_beta": 0.3})
+    flat = [f"{s}.{k}={v}" for s, kv in cfg.items() for k, v in kv.items() if not isinstance(v, list)]
+    run = load_train_config(None, flat)
+    assert run.train.stage == "kto" and run.kto.beta == 0.3

@@ -35,6 +35,9 @@ _IGNORED = {
 }
 
 _STAGES = {"sft": "sft", "pt": "pt"}
+_STAGES.update({"rm": "rm", "dpo": "dpo", "kto": "kto"})  # preference stages
+# LLaMA-Factory's pref_loss for stage dpo -> chatforge's dpo.loss (kto_pair has no chatforge equivalent).
+_PREF_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "orpo": "orpo", "simpo": "simpo"}
 _SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 _FINETUNING = ("lora", "full", "freeze")
 
@@ -44,6 +47,34 @@ def is_llamafactory_config(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("model_name_or_path"), str):
         return False
     return any(k in data for k in ("stage", "finetuning_type", "do_train", "template", "dataset"))
+
+
+def _preference_key(key: str, value: Any, stage: str, num, put, unmapped: list) -> None:
+    """The preference-stage keys (pref_beta, pref_loss, pref_ftx, dpo_label_smoothing, simpo_gamma, kto_*)."""
+    if stage not in ("dpo", "kto"):
+        unmapped.append((key, f"a preference-loss key; stage {stage} does not use it"))
+    elif key == "pref_beta":
+        put(stage, "beta", num(key))
+    elif key == "pref_loss" and stage == "dpo":
+        if value not in _PREF_LOSSES:
+            raise NotSupportedError(f"pref_loss={value!r}: chatforge's dpo.loss is one of {', '.join(_PREF_LOSSES)}")
+        put("dpo", "loss", _PREF_LOSSES[value])
+    elif key == "pref_loss":
+        unmapped.append((key, "stage kto has one loss"))
+    elif key == "pref_ftx" or key == "pref_bco_weight":
+        if num(key):
+            raise NotSupportedError(f"{key}={value}: an added SFT / BCO loss term is not supported; set it to 0")
+        unmapped.append((key, "0: nothing to add"))
+    elif key == "dpo_label_smoothing" and stage == "dpo":
+        put("dpo", "label_smoothing", num(key))
+    elif key == "simpo_gamma" and stage == "dpo":
+        put("dpo", "simpo_gamma", num(key))
+    elif key == "kto_chosen_weight" and stage == "kto":
+        put("kto", "desirable_weight", num(key))
+    elif key == "kto_rejected_weight" and stage == "kto":
+        put("kto", "undesirable_weight", num(key))
+    else:
+        unmapped.append((key, f"no chatforge equivalent for stage {stage}"))
 
 
 def _split(value: Any) -> list[str]:
@@ -66,7 +97,7 @@ def from_llamafactory(lf: dict) -> tuple[dict, list[tuple[str, str]]]:
     ChatforgeError for values of the wrong type."""
     if not isinstance(lf, dict):
         raise ChatforgeError("an LLaMA-Factory config is a YAML mapping of key: value")
-    out: dict[str, dict] = {s: {} for s in ("model", "data", "template", "peft", "train", "output")}
+    out: dict[str, dict] = {s: {} for s in ("model", "data", "template", "peft", "train", "dpo", "kto", "output")}
     unmapped: list[tuple[str, str]] = []
     problems: list[str] = []
 
@@ -83,8 +114,8 @@ def from_llamafactory(lf: dict) -> tuple[dict, list[tuple[str, str]]]:
     stage = str(lf.get("stage", "sft"))
     if stage not in _STAGES:
         raise NotSupportedError(
-            f"LLaMA-Factory stage {stage!r}: chatforge train runs stage sft and pt only (rm, ppo, dpo, kto are not "
-            "implemented); converting it would silently train SFT instead"
+            f"LLaMA-Factory stage {stage!r}: chatforge train runs stages {', '.join(_STAGES)} (ppo is not "
+            "implemented); converting it would silently train something else"
         )
     quant = lf.get("quantization_bit")
     if quant not in (None, "", "none"):
@@ -233,6 +264,8 @@ def from_llamafactory(lf: dict) -> tuple[dict, list[tuple[str, str]]]:
                     unmapped.append((key, "chatforge reports to TensorBoard only"))
             else:
                 unmapped.append((key, f"{value}: chatforge reports to metrics.jsonl and TensorBoard only"))
+        elif key.startswith(("pref_", "dpo_", "simpo_", "kto_")):
+            _preference_key(key, value, stage, num, put, unmapped)
         elif key in _IGNORED:
             unmapped.append((key, _IGNORED[key]))
         else:

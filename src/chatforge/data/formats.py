@@ -494,7 +494,7 @@ def _chat(rec: dict, layout: Layout) -> Conversation | PreferencePair:
         chosen = _reply(_get(rec, chosen_key, required=True), chosen_key, tags)
         rejected = _reply(_get(rec, rejected_key, required=True), rejected_key, tags)
         check_order(messages, key, end="prompt")
-        return PreferencePair(Conversation(messages, tools=tools), chosen, rejected, meta=meta)
+        return PreferencePair(Conversation(messages, tools=tools), chosen, rejected, meta=_with_margin(rec, meta))
     check_order(messages, key, end="assistant")
     return Conversation(messages, tools=tools, meta={**meta, **_kto(rec, layout)})
 
@@ -507,8 +507,19 @@ def convert_openai(rec: dict, layout: Layout) -> Conversation | PreferencePair:
     return _chat(rec, layout)
 
 
+def _with_margin(rec: dict, meta: dict) -> dict:
+    """A pair's own reward-model margin (stage rm), kept from a top-level `margin` field; checked by the recipe."""
+    return {**meta, "margin": rec["margin"]} if "margin" in rec else meta
+
+
 def convert_preference(rec: dict, layout: Layout) -> PreferencePair:
-    """Preference pairs in any of the shapes listed in the module docstring."""
+    """Preference pairs in any of the shapes listed in the module docstring (a `margin` field is kept in meta)."""
+    pair = _convert_preference(rec, layout)
+    pair.meta = _with_margin(rec, pair.meta)
+    return pair
+
+
+def _convert_preference(rec: dict, layout: Layout) -> PreferencePair:
     cols = layout.columns
     chosen_key, rejected_key = cols["chosen"], cols["rejected"]
     chosen_raw = _get(rec, chosen_key, required=True)
@@ -582,11 +593,13 @@ def detect_layout(rec: Any) -> Layout:
     keys = set(rec)
     if "chosen" in keys and "rejected" in keys:
         return Layout.make("preference")
+    # A boolean `label` (LLaMA-Factory's kto demo) or `kto_tag` marks a KTO example.
+    kto_key = next((k for k in ("label", "kto_tag") if isinstance(rec.get(k), bool)), None)
+    kto = {"kto_tag": kto_key} if kto_key else {}
     if "conversations" in keys:
-        return Layout.make("sharegpt")
+        return Layout.make("sharegpt", kto) if kto else Layout.make("sharegpt")
     if "messages" in keys:
         msgs = rec["messages"]
-        kto = {"kto_tag": "label"} if isinstance(rec.get("label"), bool) else {}
         if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) and "from" in msgs[0]:
             return Layout.make("sharegpt", {"messages": "messages", **kto})
         return Layout.make("openai", kto)

@@ -34,7 +34,7 @@ class EvalConfig:
     tasks: list[str] = field(
         default_factory=lambda: ["generate"],
         metadata={
-            "help": "tasks: lm, generate, toolcall, grounded_qa, choice (on data.val); benchmarks mmlu, cmmlu, ceval, "
+            "help": "tasks: lm, generate, toolcall, grounded_qa, choice, reward (on data.val); benchmarks mmlu, cmmlu, ceval, "
             "arc_easy, arc_challenge, boolq, commonsenseqa, gsm8k, humaneval; or a task YAML path"
         },
     )

@@ -606,3 +606,13 @@ TASKS: dict[str, Task] = {
     "choice": Task(read_choice_file, run_choice, {"accuracy": 100, "accuracy_norm": 100}),
 }
 TASKS["grounded_qa_calibrated"] = Task(grounded_items, run_grounded_qa_calibrated, TASKS["grounded_qa"].chart)
+
+
+def _register_reward() -> None:
+    # The reward-model task lives in its own module (stage rm); registered here so `eval.tasks: [reward]` works.
+    from chatforge.evaluation.reward import reward_items, run_reward
+
+    TASKS["reward"] = Task(reward_items, run_reward, {"pair_accuracy": 100})
+
+
+_register_reward()

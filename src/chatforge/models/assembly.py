@@ -12,6 +12,11 @@ same thing everywhere. The steps, in order:
 4. embeddings grown to the tokenizer (and to an adapter saved with more rows);
 5. the adapter (`model.adapter`), trainable when training continues it;
 6. everything moved to `model.device` (`auto` = CUDA when present).
+
+`head="score"` assembles a reward model instead of a causal LM: the same decoder with a scalar score head read at
+the last non-pad token (transformers' `*ForSequenceClassification` with `num_labels=1`, weights `score.weight`), so
+a saved reward model loads in plain transformers too. A saved reward model (full weights, or an adapter whose
+`task_type` is `SEQ_CLS`) is recognised by `is_reward_model` and assembled with its score head automatically.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Assembly:
     template: Any  # chatforge.templates.ChatTemplate
     device: torch.device
     added_tokens: int
+    head: str | None = None  # None: causal LM; "score": reward model (scalar score head)
 
 
 def weights_dtype(dtype: str, device: torch.device, *, purpose: Purpose, finetuning: str | None = None) -> torch.dtype:
@@ -94,12 +100,15 @@ def assemble(
     finetuning: str | None = None,
     seed: int = 0,
     prepare_template: bool = True,
+    head: str | None = None,
 ) -> Assembly:
     """Build the model, tokenizer and template a `model` config section names (see the module docstring).
 
     `finetuning` is the training method (`peft.finetuning`) when `purpose="train"`; it steers the weights' dtype and
     whether `model.adapter` may be continued. `prepare_template=False` leaves the tokenizer exactly as loaded (no
     markers added, its own chat template kept): for callers that only need the weights, e.g. conversion checks.
+    `head="score"` builds a reward model (see the module docstring); `head=None` does so only for a saved reward
+    model, and otherwise builds the causal LM.
     """
     from chatforge.models.loading import (
         _adapter_vocab_rows,
@@ -141,7 +150,13 @@ def assemble(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    if head is None and is_reward_model(model_cfg):
+        head = "score"
     dtype = weights_dtype(model_cfg.dtype, device, purpose=purpose, finetuning=finetuning)
+    if model_cfg.init is not None and head is not None:
+        from chatforge.errors import NotSupportedError
+
+        raise NotSupportedError("a reward model (score head) from model.init is not supported: start from a model")
     if model_cfg.init is not None:
         model = build_model_from_init(model_cfg.init, tokenizer, dtype=dtype, device=device, seed=seed)
     else:
@@ -150,7 +165,11 @@ def assemble(
             dtype=dtype,
             allow_pickle=model_cfg.allow_pickle,
             trust_remote_code=model_cfg.trust_remote_code,
+            head=head,
         )
+    if head is not None:
+        # The score is read at the rightmost token that is not padding: the model must know the pad id.
+        model.config.pad_token_id = tokenizer.pad_token_id
     rows = len(tokenizer)
     if adapter_dir is not None:
         _check_weights(adapter_dir, model_cfg.allow_pickle, what="adapter")
@@ -168,7 +187,28 @@ def assemble(
     model = model.to(device)
     if purpose == "infer":
         model.eval()
-    return Assembly(model=model, tokenizer=tokenizer, template=template, device=device, added_tokens=added)
+    return Assembly(model=model, tokenizer=tokenizer, template=template, device=device, added_tokens=added, head=head)
+
+
+def is_reward_model(model_cfg) -> bool:
+    """True when `model.adapter` is a score-head adapter (peft `task_type: SEQ_CLS`) or `model.name_or_path` is a
+    local folder whose config names a `*ForSequenceClassification` architecture with one label."""
+    import json
+
+    if model_cfg.adapter is not None:
+        cfg_file = Path(model_cfg.adapter).expanduser() / "adapter_config.json"
+        try:
+            return json.loads(cfg_file.read_text()).get("task_type") == "SEQ_CLS"
+        except (OSError, ValueError):
+            return False
+    folder = Path(str(model_cfg.name_or_path)).expanduser()
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    archs = cfg.get("architectures") or []
+    labels = cfg.get("num_labels", len(cfg.get("id2label") or {}) or None)
+    return any(str(a).endswith("ForSequenceClassification") for a in archs) and labels in (None, 1)
 
 
 def model_config(

@@ -315,20 +315,29 @@ def load_model(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    head: str | None = None,
 ):
-    """A causal LM from a spec via `AutoModelForCausalLM`, in eval mode on `device`."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from a spec via `AutoModelForCausalLM`, in eval mode on `device`.
 
+    `head="score"`: the same decoder with a scalar score head instead (`AutoModelForSequenceClassification`,
+    `num_labels=1`: a reward model); from a causal LM the head starts random, from a saved reward model it loads."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if head not in (None, "score"):
+        raise ChatforgeError(f"model head {head!r} is unknown; expected None (causal LM) or 'score'")
     folder = resolve_model_path(spec)
     _check_weights(folder, allow_pickle)
     dev = resolve_device(device)
+    auto = AutoModelForCausalLM if head is None else AutoModelForSequenceClassification
+    extra = {} if head is None else {"num_labels": 1}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             str(folder),
             dtype=resolve_dtype(dtype, dev),
             local_files_only=True,
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            **extra,
         )
     except (OSError, ValueError, KeyError) as err:
         hint = ""

@@ -575,6 +575,13 @@ class Engine:
         """A sequence ready for a batch. `grammar` (llguidance Lark text, see `constraints`) constrains the output;
         `chat=False` (plain completions) stops only at end-of-sequence tokens and `params.stop`, not at the template's
         end-of-turn text."""
+        from chatforge.evaluation.reward import is_score_model
+
+        if is_score_model(self.model):  # stage rm's output has a score head, no LM head
+            raise NotSupportedError(
+                "this model is a reward model (a score head): it scores conversations and cannot generate; use "
+                "chatforge serve (POST /v1/score) or chatforge eval task reward"
+            )
         params.validate()
         if len(prompt_ids) >= self.max_total:
             raise ChatforgeError(f"prompt is {len(prompt_ids)} tokens; the model's context is {self.max_total} tokens")

@@ -51,8 +51,9 @@ def _post(summary: str, model: str, ok: dict, example: dict) -> dict:
 
 
 @lru_cache(maxsize=8)
-def openapi_document(model_names: tuple[str, ...], with_tools: bool = False) -> dict:
-    """The document for a server serving `model_names` (the only values `model` may take)."""
+def openapi_document(model_names: tuple[str, ...], with_tools: bool = False, with_score: bool = False) -> dict:
+    """The document for a server serving `model_names` (the only values `model` may take); `with_score`: a reward
+    model's server, which documents POST /v1/score (`serving.scoring`)."""
     model_name = model_names[0]
     _, top = models_json_schema(
         [(ChatRequest, "validation"), (CompletionRequest, "validation"), (EmbeddingRequest, "validation")],
@@ -100,6 +101,30 @@ def openapi_document(model_names: tuple[str, ...], with_tools: bool = False) -> 
             }
         },
     }
+    if with_score:
+        message_list = {
+            "type": "array",
+            "minItems": 2,
+            "items": schemas["ChatRequest"]["properties"]["messages"]["items"],
+        }
+        schemas["ScoreRequest"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string", "enum": list(model_names)},
+                "messages": message_list,
+                "conversations": {"type": "array", "minItems": 1, "maxItems": 64, "items": message_list},
+            },
+        }
+        paths["/v1/score"] = _post(
+            "Reward-model scores of conversations ending with an assistant reply",
+            "ScoreRequest",
+            _json_response("scores"),
+            {
+                "model": model_name,
+                "messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi there."}],
+            },
+        )
     if with_tools:
         paths["/v1/tools"] = {"get": {"summary": "The server's tools", "responses": {"200": _json_response("tools")}}}
     return {

@@ -4,7 +4,8 @@ Endpoints: `POST /v1/chat/completions` (plain and SSE-streamed; tools, forced to
 `POST /v1/completions` (prompt in, text out, streamed too), `POST /v1/embeddings` (mean-pooled last hidden state,
 L2-normalised), `POST /tokenize`, `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text),
 `GET /openapi.json`, `GET /` (the page), and, only when started with `--tools`, `GET /v1/tools` and
-`POST /v1/tools/{name}` so the page can run the server's tools.
+`POST /v1/tools/{name}` so the page can run the server's tools. On a reward model (`train.stage: rm`) `POST /v1/score`
+scores conversations and the generation endpoints refuse (`serving.scoring`).
 
 Request bodies are checked in `openai_schema`, the HTTP guards (Host, Origin, Content-Type) live in `security`, the
 decode loop in `scheduler`, the response bodies and streams in `responses` and `sse`. Every error is OpenAI-style JSON
@@ -234,6 +235,18 @@ def create_app(
             ) from None
         return seqs, events
 
+    # POST /v1/score (reward models; on one, the generation routes refuse): see `serving.scoring`.
+    from chatforge.serving.scoring import add_score_routes
+
+    add_score_routes(
+        app,
+        engine,
+        check_key=check_key,
+        check_model=check_model,
+        read_body=lambda request: _read_body(request, max_body_bytes),
+        max_prompt=max_prompt,
+    )
+
     # ------------------------------------------------------------------------------------------- plain routes
 
     @app.get("/", response_class=HTMLResponse)
@@ -251,8 +264,9 @@ def create_app(
     @app.get("/openapi.json")
     async def openapi():
         from chatforge.serving.openapi import openapi_document
+        from chatforge.serving.scoring import is_reward_engine
 
-        return openapi_document(tuple(routes), with_tools=toolbox is not None)
+        return openapi_document(tuple(routes), with_tools=toolbox is not None, with_score=is_reward_engine(engine))
 
     @app.get("/v1/models")
     async def models(request: Request):

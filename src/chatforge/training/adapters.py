@@ -47,13 +47,19 @@ class TrainableSummary:
 
 
 def apply_finetuning(
-    model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = (), tokenizer=None
+    model: nn.Module,
+    cfg: PeftConfig,
+    extra_modules_to_save: tuple[str, ...] = (),
+    tokenizer=None,
+    *,
+    head: str | None = None,
 ) -> tuple[nn.Module, TrainableSummary]:
     """Return the model to train (a PeftModel for the adapter methods) with exactly the configured parameters
     requiring grad.
 
     `extra_modules_to_save` are trained in full beside an adapter (embeddings of newly added marker tokens).
-    `tokenizer` turns `peft.prompt_init_text` into token ids (prompt tuning)."""
+    `tokenizer` turns `peft.prompt_init_text` into token ids (prompt tuning). `head="score"` (a reward model): LoRA
+    uses peft's `SEQ_CLS` task, which trains the score head in full beside the adapter and saves it with it."""
     method = cfg.finetuning.lower()
     if method in _UNSUPPORTED:
         raise NotSupportedError(f"peft.finetuning={cfg.finetuning!r}: {_UNSUPPORTED[method]}; supported: {SUPPORTED}")
@@ -66,8 +72,16 @@ def apply_finetuning(
             p.requires_grad_(True)
     elif method == "freeze":
         _freeze(model, cfg)
+        if head is not None:  # a new score head starts random: it always trains
+            for name, p in model.named_parameters():
+                if name.split(".")[0] == head:
+                    p.requires_grad_(True)
     elif method == "lora":
-        model = _lora(model, cfg, extra_modules_to_save)
+        model = _lora(model, cfg, extra_modules_to_save, task_type="CAUSAL_LM" if head is None else "SEQ_CLS")
+    elif head is not None:
+        raise NotSupportedError(
+            f"peft.finetuning={cfg.finetuning}: a reward model (score head) trains with full, freeze or lora only"
+        )
     else:
         model = _virtual_tokens(model, cfg, method, extra_modules_to_save, tokenizer)
     return model, count_parameters(model, method)
@@ -106,7 +120,9 @@ def _freeze(model: nn.Module, cfg: PeftConfig) -> None:
         )
 
 
-def _lora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = ()) -> nn.Module:
+def _lora(
+    model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, ...] = (), task_type: str = "CAUSAL_LM"
+) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.target_modules
@@ -121,7 +137,7 @@ def _lora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str, .
         use_rslora=cfg.use_rslora,
         init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.init_lora_weights],
         modules_to_save=list(dict.fromkeys([*cfg.modules_to_save, *extra_modules_to_save])) or None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS adds the score head to modules_to_save (trained in full, saved)
         bias="none",
     )
     try:

@@ -57,7 +57,14 @@ class PeftConfig:
 class TrainConfig:
     """The optimisation loop. Steps are optimizer steps (one step = `grad_accum` micro-batches)."""
 
-    stage: Literal["sft", "pt", "dpo", "grpo"] = "sft"
+    stage: Literal[
+        "sft",
+        "pt",
+        "dpo",
+        "grpo",  # online RL with Python rewards (training.recipes.grpo)
+        "rm",  # reward model (training.recipes.rm)
+        "kto",  # KTO on unpaired desirable / undesirable replies (training.recipes.kto)
+    ] = "sft"
     epochs: float = field(default=1.0, metadata={"min": 0})
     max_steps: int | None = field(default=None, metadata={"min": 1, "help": "overrides epochs when set"})
     batch_size: int = field(default=4, metadata={"min": 1, "help": "sequences (or packed rows) per micro-batch"})
@@ -206,6 +213,30 @@ class GrpoConfig:
 
 
 @dataclass
+class RmConfig:
+    """`train.stage: rm`: the reward model's pairwise loss (see `training.reward`)."""
+
+    margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "Bradley-Terry margin m in -log s(score_chosen - score_rejected - m); a pair's own `margin` "
+            "field, when the data has one, wins"
+        },
+    )
+
+
+@dataclass
+class KtoConfig:
+    """`train.stage: kto`: the KTO loss on desirable / undesirable replies (see `training.kto`)."""
+
+    beta: float = field(default=0.1, metadata={"gt": 0, "help": "scale of the implied reward beta*log(pi/ref)"})
+    desirable_weight: float = field(default=1.0, metadata={"gt": 0, "help": "lambda_D: weight of desirable replies"})
+    undesirable_weight: float = field(
+        default=1.0, metadata={"gt": 0, "help": "lambda_U: weight of undesirable replies"}
+    )
+
+
+@dataclass
 class TrainRunConfig:
     """Everything one `chatforge train` run needs."""
 
@@ -216,6 +247,8 @@ class TrainRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    rm: RmConfig = field(default_factory=RmConfig)  # stage rm
+    kto: KtoConfig = field(default_factory=KtoConfig)  # stage kto
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -66,8 +66,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cuda_bf16 else "fp32"
 
 
-def prepare_model(cfg) -> TrainModel:
-    """Assemble the model for training and apply `peft`, checkpointing, speedups and the attention choice."""
+def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
+    """Assemble the model for training and apply `peft`, checkpointing, speedups and the attention choice.
+
+    `head="score"` trains a reward model (the decoder with a scalar score head, see `models.assembly`)."""
     from chatforge.models.assembly import assemble
 
     tcfg = cfg.train
@@ -80,18 +82,41 @@ def prepare_model(cfg) -> TrainModel:
         )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
+    from chatforge.models.assembly import is_reward_model
+
+    if is_reward_model(cfg.model) and head is None:
+        raise ChatforgeError(
+            f"{cfg.model.adapter or cfg.model.name_or_path} is a reward model (a score head): train.stage=rm continues "
+            f"it; stage {tcfg.stage} needs a causal LM"
+        )
+    if head is not None and cfg.model.adapter is not None and not is_reward_model(cfg.model):
+        raise ChatforgeError(
+            f"model.adapter={cfg.model.adapter} is a causal-LM adapter; train.stage=rm continues only a reward-model "
+            "adapter (peft task_type SEQ_CLS): leave model.adapter unset, or merge the adapter first (chatforge export)"
+        )
     seed_everything(tcfg.seed)  # adapter initialisation and dropout draw from the global generators
-    parts = assemble(cfg.model, cfg.template, purpose="train", finetuning=cfg.peft.finetuning, seed=tcfg.seed)
+    parts = assemble(
+        cfg.model, cfg.template, purpose="train", finetuning=cfg.peft.finetuning, seed=tcfg.seed, head=head
+    )
     model = parts.model
     if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # no KV cache while training
     if cfg.model.adapter is None:
         # New marker tokens need trained embeddings, and an adapter must carry them to be loadable.
-        extra = ("embed_tokens", "lm_head") if parts.added_tokens else ()
-        model, trainable = apply_finetuning(model, cfg.peft, extra_modules_to_save=extra, tokenizer=parts.tokenizer)
+        # (A reward model has no lm_head: its score head is saved by peft's SEQ_CLS task.)
+        extra = (("embed_tokens", "lm_head") if head is None else ("embed_tokens",)) if parts.added_tokens else ()
+        model, trainable = apply_finetuning(
+            model, cfg.peft, extra_modules_to_save=extra, tokenizer=parts.tokenizer, head=parts.head
+        )
     else:
         trainable = count_parameters(model, f"lora (continuing {cfg.model.adapter})")
+    if parts.head is not None and resolve_precision(tcfg.precision, parts.device) == "bf16":
+        # The score head trains in full: fp32 master weights even over a bf16 base (autocast does the maths; without
+        # autocast a bf16 base needs a bf16 head).
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.dtype != torch.float32 and ".score." in f".{name}":
+                p.data = p.data.float()
     model.to(parts.device)
     speed = SpeedConfig(
         liger=tcfg.liger,

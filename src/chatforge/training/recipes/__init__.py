@@ -7,10 +7,11 @@ any number of processes; another stage refuses WORLD_SIZE > 1 (`model_setup.chec
 
 from __future__ import annotations
 
-from chatforge.training.recipes import dpo, grpo, pt, sft
+from chatforge.training.recipes import dpo, grpo, kto, pt, rm, sft
 
 RECIPES = {"sft": sft.run, "pt": pt.run, "dpo": dpo.run}
 RECIPES["grpo"] = grpo.run  # online RL with Python rewards
+RECIPES.update({"rm": rm.run, "kto": kto.run})  # reward model, KTO
 DISTRIBUTED = {"sft", "pt", "dpo"}  # stages whose recipe goes through session.run_session (DDP / FSDP2 aware)
 
 
