@@ -174,3 +174,39 @@ def test_template_and_input_checks(tmp_path):
         argv[5] = base + "/v1"
         assert main([*argv, "--op", "rephrase", "--template", str(tpl)]) == 0
     assert list(app.state.seen) == ['Say Question number 0? differently; JSON stays {"a": 1}']
+
+
+@pytest.mark.integration
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: Request):
+        body = await req.json()
+        await asyncio.sleep(0.15)  # slow enough that the kill lands mid-run
+        return {"model": "slow", "choices": [{"message": {"content": "re: " + body["messages"][-1]["content"]}}]}
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(conv(i).to_dict()) + "\n" for i in range(20)), encoding="utf-8")
+    out = tmp_path / "aug.jsonl"
+    with serve_in_thread(app) as base:
+        argv = [sys.executable, "-m", "chatforge.cli", "data", "augment", "--input", str(src), "--output", str(out)]
+        argv += ["--base-url", base + "/v1", "--model", "m", "--op", "answer", "--concurrency", "2"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        first = len(rows(out))
+        assert 4 <= first < 20
+        assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == 0
+    ids = [r["id"] for r in rows(out)]
+    assert len(ids) == 20 and sorted(ids) == sorted(f"{i}:answer" for i in range(20))
