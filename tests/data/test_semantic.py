@@ -120,3 +120,14 @@ def test_minilm_finds_paraphrases_from_the_cli(tmp_path):
     step = next(s for s in report["steps"] if s["step"] == "semantic_dedup")
     assert step["encoder_kind"] == "sentence" and step["threshold"] == 0.95
     assert len((out / "clean.jsonl").read_text().splitlines()) == 3
+
+
+def test_hnsw_search_repeats_exactly():
+    from chatforge.data.cleaning.semantic import neighbours
+
+    v = unit(np.random.default_rng(1).normal(size=(600, 24)))
+    k1, s1 = neighbours(v, 8, exact=False)
+    k2, s2 = neighbours(v, 8, exact=False)
+    assert (k1 == k2).all() and np.array_equal(s1, s2)
+    ke, _ = neighbours(v, 8, exact=True)
+    assert (k1[:, 0] == np.arange(600)).mean() > 0.99 and (k1[:, 1] == ke[:, 1]).mean() > 0.9  # HNSW finds the nearest
