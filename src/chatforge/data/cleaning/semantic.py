@@ -39,6 +39,7 @@ class SemanticConfig:
     batch_size: int = field(default=64, metadata={"min": 1, "max": 4096})
     neighbours: int = field(default=8, metadata={"min": 1, "max": 256})  # candidates looked at per record
     exact_below: int = field(default=5000, metadata={"min": 0})  # brute-force search for sets smaller than this
+    device: str = "auto"  # auto = CUDA when present, else CPU
 
 
 def minilm_path() -> Path | None:
@@ -156,7 +157,10 @@ def run_semantic(
     t0 = time.perf_counter()
     if encoder is None:
         path, kind = resolve_encoder(cfg.encoder)
-        encoder = Encoder(path, kind, max_length=cfg.max_length, batch_size=cfg.batch_size)
+        from chatforge.models.loading import resolve_device
+
+        device = str(resolve_device(cfg.device))
+        encoder = Encoder(path, kind, max_length=cfg.max_length, batch_size=cfg.batch_size, device=device)
     threshold = (
         cfg.threshold
         if cfg.threshold is not None
