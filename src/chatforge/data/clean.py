@@ -3,7 +3,9 @@
     chatforge data clean --input data.json --output out/ [--config clean.yaml] [dedup.threshold=0.9 ...]
 
 Steps, in order (each can be switched off in the config): normalize -> pii -> empty-message check -> blocklist ->
-length -> language -> exact dedup -> near dedup -> balance -> split. Works on every format `read_records` reads
+length -> language -> quality (off by default) -> exact dedup -> near dedup -> semantic dedup (off by default) ->
+balance -> split. `--engine ray` runs the per-record steps (up to quality) on Ray Data with the same output.
+Works on every format `read_records` reads
 (alpaca, sharegpt, openai, preference, text); records are written back as chatforge JSONL (conversations as OpenAI
 `messages`, preference pairs as `messages` + `chosen`/`rejected`, text as `text`). Outputs: `train.jsonl`,
 `val.jsonl`, `test.jsonl` (or `clean.jsonl` without split), `removed.jsonl` (every removed record: index, step,
@@ -35,6 +37,8 @@ from chatforge.data.cleaning.filters import (
 )
 from chatforge.data.cleaning.normalize import NormalizeConfig, normalize_text
 from chatforge.data.cleaning.pii import PIIConfig, mask_pii
+from chatforge.data.cleaning.quality import QualityConfig, quality_reason, refusal_pattern
+from chatforge.data.cleaning.semantic import SemanticConfig, run_semantic
 from chatforge.data.cleaning.split import SplitConfig, stratified_split
 from chatforge.data.schema import Conversation, Message, PreferencePair, TextDoc
 from chatforge.errors import ChatforgeError
@@ -53,7 +57,9 @@ class CleanConfig:
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     length: LengthConfig = field(default_factory=LengthConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -161,8 +167,120 @@ def _empty_message(rec: Record) -> bool:
     return any(m.role in ("user", "assistant") and not m.content.strip() and not m.tool_calls for m in _messages(rec))
 
 
-def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None) -> CleanResult:
-    """Run the pipeline on records (modified in place) and return the splits, the removed list and the report."""
+# Steps that judge one record at a time, in pipeline order: they run in chunks (on Ray with --engine ray) and give
+# the same verdicts wherever a chunk runs. Everything after them (dedup, balance, split) compares records and runs once.
+RECORD_STEPS = ("empty", "blocklist", "length", "language", "quality")
+
+
+@dataclass
+class RecordPass:
+    """What the per-record steps did to one chunk: texts changed in place, and a verdict per removed record."""
+
+    records: list[Record]
+    verdicts: dict[int, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)  # index -> step, reason, extra
+    counts: dict[str, Counter] = field(default_factory=dict)  # normalize rules / pii kinds
+    changed: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+
+
+def record_pass(records: list[Record], start: int, cfg: CleanConfig, tokenizer: Any = None) -> RecordPass:
+    """Normalise, mask PII and judge records[k] (global index start + k) by every per-record filter."""
+    out = RecordPass(records)
+    alive = list(range(len(records)))
+    for name, enabled, fn_factory, skip_tool in (
+        ("normalize", cfg.normalize.enabled, lambda c: lambda t: normalize_text(t, cfg.normalize, c), True),
+        ("pii", cfg.pii.enabled, lambda c: lambda t: mask_pii(t, cfg.pii, c), False),
+    ):
+        if not enabled:
+            continue
+        t0 = time.perf_counter()
+        counts: Counter = Counter()
+        fn = fn_factory(counts)
+        for k in alive:
+            before = record_text(records[k])
+            map_texts(records[k], fn, skip_tool=skip_tool)
+            out.changed[name] += record_text(records[k]) != before
+        out.counts[name] = counts
+        out.seconds[name] += time.perf_counter() - t0
+
+    def judge(step: str, reasons: dict[int, str | tuple[str, dict]], t0: float) -> None:
+        nonlocal alive
+        for k, r in reasons.items():
+            reason, extra = r if isinstance(r, tuple) else (r, {})
+            out.verdicts[start + k] = (step, reason, extra)
+        alive = [k for k in alive if k not in reasons]
+        out.seconds[step] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    judge("empty", {k: "empty message after normalisation" for k in alive if _empty_message(records[k])}, t0)
+    texts = {k: record_text(records[k]) for k in alive}
+
+    pattern = compile_blocklist(cfg.blocklist)
+    if pattern is not None:
+        t0 = time.perf_counter()
+        judge("blocklist", {k: r for k in alive if (r := blocklist_reason(texts[k], pattern))}, t0)
+
+    t0 = time.perf_counter()
+    if cfg.length.unit == "tokens":
+        if tokenizer is None:
+            from chatforge.models.loading import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.length.tokenizer)
+        enc = tokenizer([texts[k] for k in alive], add_special_tokens=False)["input_ids"] if alive else []
+        sizes = dict(zip(alive, (len(e) for e in enc)))
+    else:
+        sizes = {k: len(texts[k]) for k in alive}
+    judge("length", {k: r for k in alive if (r := length_reason(sizes[k], cfg.length))}, t0)
+
+    if cfg.language.keep:
+        t0 = time.perf_counter()
+        keep = set(cfg.language.keep)
+        reasons = {}
+        for k in alive:
+            lang = detect_language(texts[k], cfg.language.zh_min_ratio)
+            if lang not in keep:
+                reasons[k] = f"language {lang} not in {sorted(keep)}"
+        judge("language", reasons, t0)
+
+    if cfg.quality.enabled:
+        t0 = time.perf_counter()
+        refusal = refusal_pattern(cfg.quality)
+        reasons = {}
+        for k in alive:
+            if (q := quality_reason(_reply(records[k]), cfg.quality, refusal)) is not None:
+                reasons[k] = (q[0], {"score": q[1]})
+        judge("quality", reasons, t0)
+    return out
+
+
+def local_record_pass(records: list[Record], cfg: CleanConfig, tokenizer: Any = None) -> RecordPass:
+    return record_pass(records, 0, cfg, tokenizer)
+
+
+def merge_passes(parts: list[tuple[int, RecordPass]]) -> RecordPass:
+    """One RecordPass from chunk results (in any order): records by start index, verdicts and counts summed."""
+    parts = sorted(parts, key=lambda p: p[0])
+    out = RecordPass([rec for _, p in parts for rec in p.records])
+    for _, p in parts:
+        out.verdicts.update(p.verdicts)
+        for name, c in p.counts.items():
+            out.counts.setdefault(name, Counter()).update(c)
+        out.changed.update(p.changed)
+        out.seconds.update(p.seconds)
+    return out
+
+
+def clean_records(
+    records: list[Record],
+    cfg: CleanConfig,
+    tokenizer: Any = None,
+    *,
+    record_pass_fn: Callable[[list[Record], CleanConfig, Any], RecordPass] = local_record_pass,
+    encoder: Any = None,
+) -> CleanResult:
+    """Run the pipeline and return the splits, the removed list and the report. `record_pass_fn` runs the per-record
+    steps (in this process by default; `chatforge.data.cleaning.distributed.ray_record_pass` on Ray); records may be
+    modified in place, and the ones it returns are the ones kept."""
     steps: list[dict[str, Any]] = []
     removed: list[dict[str, Any]] = []
     alive = list(range(len(records)))
@@ -193,64 +311,39 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
             }
         )
 
+    passed = record_pass_fn(records, cfg, tokenizer)
+    if len(passed.records) != len(records):
+        raise ChatforgeError(f"record pass returned {len(passed.records)} records for {len(records)}")
+    records = passed.records
     # 1. normalisation and 2. PII masking change texts; they remove nothing.
-    for name, enabled, fn_factory, skip_tool in (
-        ("normalize", cfg.normalize.enabled, lambda c: lambda t: normalize_text(t, cfg.normalize, c), True),
-        ("pii", cfg.pii.enabled, lambda c: lambda t: mask_pii(t, cfg.pii, c), False),
-    ):
-        if not enabled:
+    for name, key, enabled in (("normalize", "rules", cfg.normalize.enabled), ("pii", "masked", cfg.pii.enabled)):
+        if enabled:
+            steps.append(
+                {
+                    "step": name,
+                    "records_changed": passed.changed[name],
+                    key: dict(passed.counts.get(name, Counter()).most_common()),
+                    "seconds": round(passed.seconds[name], 3),
+                }
+            )
+    enabled_steps = {
+        "empty": True,
+        "blocklist": compile_blocklist(cfg.blocklist) is not None,
+        "length": True,
+        "language": bool(cfg.language.keep),
+        "quality": cfg.quality.enabled,
+    }
+    for step in RECORD_STEPS:
+        if not enabled_steps[step]:
             continue
-        t0 = time.perf_counter()
-        counts: Counter = Counter()
-        fn = fn_factory(counts)
-        changed = 0
-        for i in alive:
-            before = record_text(records[i])
-            map_texts(records[i], fn, skip_tool=skip_tool)
-            changed += record_text(records[i]) != before
-        key = "rules" if name == "normalize" else "masked"
-        steps.append(
-            {
-                "step": name,
-                "records_changed": changed,
-                key: dict(counts.most_common()),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+        mine = {i: v for i, v in passed.verdicts.items() if v[0] == step}
+        drop(
+            step,
+            {i: v[1] for i, v in mine.items()},
+            {i: v[2] for i, v in mine.items() if v[2]},
+            seconds=passed.seconds[step],
         )
-
-    t0 = time.perf_counter()
-    empty = {i: "empty message after normalisation" for i in alive if _empty_message(records[i])}
-    drop("empty", empty, seconds=time.perf_counter() - t0)
     texts = {i: record_text(records[i]) for i in alive}
-
-    pattern = compile_blocklist(cfg.blocklist)
-    if pattern is not None:
-        t0 = time.perf_counter()
-        reasons = {i: r for i in alive if (r := blocklist_reason(texts[i], pattern))}
-        drop("blocklist", reasons, seconds=time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    if cfg.length.unit == "tokens":
-        if tokenizer is None:
-            from chatforge.models.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(cfg.length.tokenizer)
-        enc = tokenizer([texts[i] for i in alive], add_special_tokens=False)["input_ids"]
-        sizes = dict(zip(alive, (len(e) for e in enc)))
-    else:
-        sizes = {i: len(texts[i]) for i in alive}
-    reasons = {i: r for i in alive if (r := length_reason(sizes[i], cfg.length))}
-    drop("length", reasons, seconds=time.perf_counter() - t0)
-
-    if cfg.language.keep:
-        t0 = time.perf_counter()
-        keep = set(cfg.language.keep)
-        reasons = {}
-        for i in alive:
-            lang = detect_language(texts[i], cfg.language.zh_min_ratio)
-            if lang not in keep:
-                reasons[i] = f"language {lang} not in {sorted(keep)}"
-        drop("language", reasons, seconds=time.perf_counter() - t0)
 
     if cfg.dedup.exact:
         t0 = time.perf_counter()
@@ -274,6 +367,21 @@ def clean_records(records: list[Record], cfg: CleanConfig, tokenizer: Any = None
             {alive[k]: {"duplicate_of": alive[j], "jaccard": round(s, 3)} for k, (j, s) in near.items()},
             seconds=time.perf_counter() - t0,
         )
+
+    if cfg.semantic.enabled:
+        t0 = time.perf_counter()
+        sem, info = run_semantic([texts[i] for i in alive], cfg.semantic, encoder)
+        reason = f"semantic duplicate (cosine >= {info['threshold']})"
+        drop(
+            "semantic_dedup",
+            {alive[k]: reason for k in sem},
+            {
+                alive[k]: {"duplicate_of": alive[j], "similarity": round(s, 4), "duplicate_text": texts[alive[j]][:200]}
+                for k, (j, s) in sem.items()
+            },
+            seconds=time.perf_counter() - t0,
+        )
+        steps[-1].update(info)
 
     if cfg.balance.key:
         t0 = time.perf_counter()
@@ -369,6 +477,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="YAML config (see CleanConfig); defaults apply to everything not given")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier `data clean` output in --output")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: the per-record steps run on Ray Data (extra `ray`); same output as local",
+    )
+    p.add_argument("--ray-address", help="join this Ray cluster (auto, ray://host:port); default: start a local Ray")
+    p.add_argument("--ray-chunk-size", type=int, default=4096, help="records per Ray task (default 4096)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     a = p.parse_intermixed_args(argv)  # flags may follow the key=value overrides
     from chatforge.config import load_config
@@ -392,12 +508,18 @@ def main(argv: list[str]) -> int:
     if not records:
         raise ChatforgeError(f"no records read from {', '.join(a.input)}")
     read_s = time.perf_counter() - t0
-    result = clean_records(records, cfg)
+    kwargs: dict[str, Any] = {}
+    if a.engine == "ray":
+        from chatforge.data.cleaning.distributed import make_ray_record_pass
+
+        kwargs["record_pass_fn"] = make_ray_record_pass(a.ray_address, a.ray_chunk_size)
+    result = clean_records(records, cfg, **kwargs)
     result.report = {
         "inputs": a.input,
         "skipped_by_reader": dict(skipped),
         "read_seconds": round(read_s, 3),
         "seed": cfg.seed,
+        "engine": a.engine,
         **result.report,
     }
     write_outputs(result, out, cfg, overwrite=a.overwrite)
