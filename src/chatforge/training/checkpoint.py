@@ -2,7 +2,8 @@
 
 Layout: `<output>/checkpoints/step-000123/` holding `model/` (a PEFT adapter or a full HF model, via
 `save_pretrained`), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch CPU/CUDA generator states), `state.json`
-(step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state) and the marker `COMPLETE`.
+(step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state), `method_state.safetensors`
+when the fine-tuning method keeps loop state of its own (AdaLoRA's rank allocator) and the marker `COMPLETE`.
 A checkpoint is written into a hidden temporary folder and renamed into place only after the marker is written, so
 a killed process leaves at most a `.tmp-*` folder, which is never picked up and is cleaned on the next start.
 """
@@ -101,9 +102,17 @@ def _fsync_tree(path: Path) -> None:
 
 
 def save_checkpoint(
-    output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep_last: int
+    output_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int,
+    method_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable."""
+    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable;
+    `method_state` (tensors) is what the fine-tuning method's loop hooks need back on resume."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -114,6 +123,8 @@ def save_checkpoint(
     model.save_pretrained(tmp / "model", safe_serialization=True)
     if _is_prompt_learning(model):  # peft saves only the encoder's output; resuming needs the encoder (MLP/LSTM)
         save_file(model.prompt_encoder.state_dict(), tmp / "model" / "prompt_encoder.safetensors")
+    if method_state:
+        save_file({k: v.contiguous() for k, v in method_state.items()}, tmp / "method_state.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng_small, rng_tensors = _rng_state()
@@ -183,6 +194,12 @@ def _is_tied(model, name: str) -> bool:
     params = dict(model.named_parameters(remove_duplicate=False))
     target = params.get(name)
     return target is not None and any(p is target and n != name for n, p in params.items())
+
+
+def read_method_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The method's loop state saved with the checkpoint (empty when the method keeps none)."""
+    path = ckpt.path / "method_state.safetensors"
+    return load_file(path) if path.is_file() else {}
 
 
 def restore_optimizer(ckpt: Checkpoint, optimizer) -> None:

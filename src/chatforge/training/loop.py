@@ -76,8 +76,12 @@ def run_loop(
     metrics: MetricsLog,
     progress: Progress,
     throughput: Throughput,
+    hooks=None,
 ) -> LoopResult:
-    """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model."""
+    """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model.
+
+    `hooks` (`adapters.StepHooks`, e.g. AdaLoRA's) add a per-step loss term, work after each optimizer step and
+    state to each checkpoint."""
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
     last_eval_step = -1
@@ -105,6 +109,10 @@ def run_loop(
             step_loss += loss_sum.detach().float()
             for name, value in step_metrics.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
+        extra = hooks.extra_loss(model) if hooks is not None else None
+        if extra is not None:  # a regulariser of the weights: once per optimizer step, not per micro-batch
+            extra.backward()
+            sums["extra_loss"] = extra.detach().float() * max(1, count)  # reported as sum / count = extra
         grad_norm = None
         if tcfg.max_grad_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm))
@@ -118,6 +126,8 @@ def run_loop(
             )
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
+        if hooks is not None:  # AdaLoRA reads this step's gradients: after the update, before they are zeroed
+            hooks.after_optimizer_step(model, state.step + 1)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -158,7 +168,16 @@ def run_loop(
             now = time.perf_counter()
             state.elapsed += now - t_mark
             t_mark = now
-            ckpt_mod.save_checkpoint(out, step, model, optimizer, scheduler, state.to_dict(), tcfg.save_total_limit)
+            ckpt_mod.save_checkpoint(
+                out,
+                step,
+                model,
+                optimizer,
+                scheduler,
+                state.to_dict(),
+                tcfg.save_total_limit,
+                method_state=hooks.state(model) if hooks is not None else None,
+            )
     state.elapsed += time.perf_counter() - t_mark
 
     if val_batches and last_eval_step != state.step and result.steps_this_process:

@@ -53,6 +53,8 @@ def run_session(
     total_steps = total_steps_for(tcfg, len(batches.units))
     optimizer = make_optimizer(tm.model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)
+    if tm.hooks is not None:
+        tm.hooks.begin(tm.model, total_steps)
     state = TrainState(
         plan=dict(
             fingerprint=data.fingerprint(),
@@ -66,7 +68,11 @@ def run_session(
     resume = folder.resume_from
     if resume is not None:
         state.check_plan(resume.state.get("plan", {}), str(resume.path))
-        ckpt_mod.restore_model(resume, tm.model)
+        method_state = ckpt_mod.read_method_state(resume)
+        if tm.hooks is not None and method_state:  # AdaLoRA: full-size weights and allocator state
+            tm.hooks.load_state(tm.model, method_state)
+        else:
+            ckpt_mod.restore_model(resume, tm.model)
         ckpt_mod.restore_optimizer(resume, optimizer)
         ckpt_mod.restore_scheduler(resume, scheduler)
         state = TrainState.from_dict(resume.state)
@@ -106,6 +112,7 @@ def run_session(
         metrics=metrics,
         progress=progress,
         throughput=throughput,
+        hooks=tm.hooks,
     )
     loop_time = time.perf_counter() - t_loop
     progress.close()
