@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: per method)")
-    ap.add_argument("--max-length", type=int, default=3072)
+    ap.add_argument("--max-length", type=int, default=4096)
     ap.add_argument("--limit", type=int, default=None, help="at most N train dialogues and N test rounds")
     ap.add_argument("--eval-samples", type=int, default=200, help="eval items (assistant turns), a seeded sample")
     ap.add_argument("--eval-batch-size", type=int, default=32)
