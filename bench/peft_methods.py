@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="base model (HF folder or .gguf)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS + OPTIONAL}")
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
+    ap.add_argument("--steps", type=int, default=80, help="optimizer steps per method (80 x 4 ~ one epoch)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: per method)")
@@ -354,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     data = prepare_data(args.data, args.out, args.limit, args.seed)
     print(f"data: {data['dialogues']} dialogues, {data['test_rounds']} test rounds", flush=True)
+    convert_s = 0.0
+    if str(args.model).endswith(".gguf"):
+        # Dequantise the GGUF into chatforge's cache once, here, rather than in every parallel process at once.
+        from chatforge.models.loading import resolve_model_path
+
+        t = time.perf_counter()
+        print(f"GGUF -> safetensors cache: {resolve_model_path(args.model)}", flush=True)
+        convert_s = time.perf_counter() - t
 
     def one(method: str) -> dict:
         row = run_method(method, args, data)
@@ -370,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel=args.parallel,
         device=args.device,
         wall_s=time.perf_counter() - t0,
+        gguf_convert_s=round(convert_s, 1),
         dialogues=data["dialogues"],
         test_rounds=data["test_rounds"],
     )
