@@ -44,6 +44,9 @@ def test_base_is_nf4_with_double_quant_and_lora_on_top():
     # LoRA wraps each 4-bit layer; only the LoRA matrices train.
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert summary.trainable == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    # 4-bit weights count as the values they hold (not their packed bytes): the same totals as plain LoRA.
+    _, plain = apply_finetuning(tiny_llama(300), PeftConfig(finetuning="lora", r=4))
+    assert (summary.total, summary.trainable) == (plain.total, plain.trainable)
     # NF4 keeps the weights to within its 16-level grid, scaled per block of 64 by the block's absmax.
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     w = bnb.functional.dequantize_4bit(q_proj.weight.data, q_proj.weight.quant_state).float()

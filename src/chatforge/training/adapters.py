@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from chatforge.errors import ChatforgeError, NotSupportedError
@@ -78,9 +79,16 @@ def apply_finetuning(
 
 def count_parameters(model: nn.Module, method: str) -> TrainableSummary:
     # Tied weights appear once in parameters(), so these counts are honest for tied embeddings too.
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     return TrainableSummary(trainable, total, method)
+
+
+def _numel(p) -> int:
+    # A bitsandbytes 4-bit weight is stored as packed bytes, two values per uint8 element.
+    if type(p).__name__ == "Params4bit" and getattr(p, "quant_state", None) is not None:
+        return int(torch.Size(p.quant_state.shape).numel())
+    return p.numel()
 
 
 def _freeze(model: nn.Module, cfg: PeftConfig) -> None:
