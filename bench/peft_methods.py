@@ -17,7 +17,7 @@ Steps, each a subprocess of `python -m chatforge.cli` so that what is measured i
 are then measured under contention, which the table says). The `base` row evaluates the untrained model.
 
     python bench/peft_methods.py --data ../shared/data/crosswoz --model qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
-        --out runs/bench/peft_methods --parallel 4
+        --out runs/bench/peft_methods --parallel 5
     # CPU smoke test: a tiny model, 2 steps, 16 dialogues
     python bench/peft_methods.py --data ../shared/data/crosswoz --model TINY_DIR --template chatml --steps 2 \
         --limit 16 --device cpu --out /tmp/peft_smoke
@@ -311,7 +311,7 @@ def table(rows: list[dict], meta: dict) -> str:
         "",
         f"Model `{meta['model']}`; {meta['dialogues']['train']} train / {meta['dialogues']['val']} val dialogues, "
         f"{meta['test_rounds']} test rounds from {meta['dialogues']['test']} held-out dialogues (split by dialogue); "
-        f"{meta['steps']} optimizer steps x {meta['batch_size']} dialogues, max length {meta['max_length']}; "
+        f"{meta['steps']} optimizer steps x {meta['batch_size']} dialogues x {meta['grad_accum']} micro-batches, max length {meta['max_length']}; "
         f"{meta['parallel']} methods at a time on one device ({meta['device']}); whole driver {meta['wall_s']:.0f} s.",
         "BLEU-4 / ROUGE-L: text turns (a call there scores 0); slot P/R/F1: call turns (a text reply scores 0).",
     ]
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="base model (HF folder or .gguf)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS + OPTIONAL}")
-    ap.add_argument("--steps", type=int, default=80, help="optimizer steps per method (80 x 4 ~ one epoch)")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per method")
+    ap.add_argument("--batch-size", type=int, default=2, help="dialogues per micro-batch")
+    ap.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
     ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: per method)")
     ap.add_argument("--max-length", type=int, default=4096)
     ap.add_argument("--limit", type=int, default=None, help="at most N train dialogues and N test rounds")
-    ap.add_argument("--eval-samples", type=int, default=200, help="eval items (assistant turns), a seeded sample")
+    ap.add_argument("--eval-samples", type=int, default=150, help="eval items (assistant turns), a seeded sample")
     ap.add_argument("--eval-batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--parallel", type=int, default=1, help="methods run at the same time (separate processes)")
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         steps=args.steps,
         batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
         max_length=args.max_length,
         parallel=args.parallel,
         device=args.device,
