@@ -217,8 +217,12 @@ def _adalora(model: nn.Module, cfg: PeftConfig, extra_modules_to_save: tuple[str
     """AdaLoRA through peft. `total_step` must be known when peft builds the config but the run's step count is only
     known once the data is encoded; a placeholder schedule is set here and `AdaLoraHooks.begin` puts the real one in
     (peft's rank allocator reads it from the same config object at every step)."""
+    import warnings
+
     from peft import AdaLoraConfig
 
+    # AdaLoRA may cut a matrix to rank 0; peft's save then warns about sharded (ZeRO-3/FSDP) tensors, which is wrong.
+    warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape.*")
     if cfg.use_dora or cfg.init_lora_weights == "pissa" or cfg.use_rslora:
         raise ChatforgeError("peft.finetuning=adalora: use_dora, use_rslora and init_lora_weights=pissa are LoRA-only")
     a = cfg.adalora
