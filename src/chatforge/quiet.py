@@ -42,7 +42,15 @@ def quiet_third_party(verbose: bool | None = None) -> bool:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-    for name in ("transformers", "peft", "accelerate", "huggingface_hub", "torch._dynamo", "torch._inductor"):
+    for name in (
+        "transformers",
+        "peft",
+        "accelerate",
+        "huggingface_hub",
+        "bitsandbytes",
+        "torch._dynamo",
+        "torch._inductor",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:
         _quiet_transformers()

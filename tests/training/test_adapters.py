@@ -71,7 +71,7 @@ def test_lora_unknown_target_is_a_user_error(tiny_tok):
         apply_finetuning(tiny_llama(len(tiny_tok)), PeftConfig(target_modules=["nope_proj"]))
 
 
-@pytest.mark.parametrize("method", ["qlora", "adalora", "dora"])
+@pytest.mark.parametrize("method", ["ia3", "dora"])
 def test_unsupported_methods_name_the_supported_ones(tiny_tok, method):
     with pytest.raises(NotSupportedError, match="lora") as err:
         apply_finetuning(tiny_llama(len(tiny_tok)), PeftConfig(finetuning=method))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from train_helpers import losses, run_config, tiny_model_dir
 
-from chatforge.errors import ChatforgeError, NotSupportedError
+from chatforge.errors import ChatforgeError
 from chatforge.training import session, train
 
 VIRTUAL = ["prefix", "prompt", "p_tuning"]
@@ -131,17 +131,6 @@ def test_rslora_scaling_and_lora_plus_groups(tmp_path):
     assert not (by_lr[tcfg.learning_rate] & b_ids) and by_lr[tcfg.learning_rate]
     with pytest.raises(ChatforgeError, match="lora_plus_ratio"):
         apply_finetuning(tiny_llama(300), PeftConfig(finetuning="prefix", lora_plus_ratio=2.0))
-
-
-@pytest.mark.parametrize("method", ["adalora", "qlora"])
-def test_unwired_methods_say_why(method, tmp_path):
-    from chatforge.models.tiny import tiny_llama
-    from chatforge.training.adapters import apply_finetuning
-    from chatforge.training.config import PeftConfig
-
-    reason = {"adalora": "update_and_allocate", "qlora": "CUDA device and the bitsandbytes"}[method]
-    with pytest.raises(NotSupportedError, match=reason):
-        apply_finetuning(tiny_llama(300), PeftConfig(finetuning=method))
 
 
 def test_lora_plus_group_in_a_real_run(trained):

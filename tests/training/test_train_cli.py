@@ -49,9 +49,9 @@ def test_config_problems_are_reported_together(tmp_path, capsys):
 
 
 def test_unsupported_method_exits_2(tmp_path, capsys):
-    assert cli(["train", str(_yaml(tmp_path)), "peft.finetuning=qlora", f"output.dir={tmp_path / 'q'}"]) == 2
+    assert cli(["train", str(_yaml(tmp_path)), "peft.finetuning=ia3", f"output.dir={tmp_path / 'q'}"]) == 2
     err = capsys.readouterr().err
-    assert "QLoRA" in err and "lora" in err
+    assert "IA3" in err and "lora" in err
 
 
 def test_data_errors_name_file_and_line(tmp_path, capsys):

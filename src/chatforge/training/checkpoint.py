@@ -2,7 +2,8 @@
 
 Layout: `<output>/checkpoints/step-000123/` holding `model/` (a PEFT adapter or a full HF model, via
 `save_pretrained`), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch CPU/CUDA generator states), `state.json`
-(step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state) and the marker `COMPLETE`.
+(step, epoch, batch index, data fingerprint, python/numpy RNG, early-stopping state), `method_state.safetensors`
+when the fine-tuning method keeps loop state of its own (AdaLoRA's rank allocator) and the marker `COMPLETE`.
 Under `train.distributed=fsdp2` the model's trainable weights and the optimizer state are a sharded
 torch.distributed.checkpoint folder `dcp/` instead (every rank writes its shards; it loads on any number of
 processes, one included); other ranks' RNG states are `rng-<rank>.pt`. Rank 0 writes everything else.
@@ -114,9 +115,11 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
     dist: Dist | None = None,
+    method_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable.
-    Under a process group every rank calls it; rank 0 writes and publishes, FSDP2 ranks also write their shards."""
+    """Write a checkpoint atomically and prune old ones beyond `keep_last`. `state` must be JSON-serialisable;
+    `method_state` (tensors) is what the fine-tuning method's loop hooks need back on resume. Under a process group
+    every rank calls it; rank 0 writes and publishes, FSDP2 ranks also write their shards."""
     d = dist or Dist()
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:06d}"
@@ -138,6 +141,8 @@ def save_checkpoint(
         if _is_prompt_learning(model):  # peft saves only the encoder's output; resuming needs the encoder (MLP/LSTM)
             save_file(model.prompt_encoder.state_dict(), tmp / "model" / "prompt_encoder.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if method_state:
+            save_file({k: v.contiguous() for k, v in method_state.items()}, tmp / "method_state.safetensors")
     d.barrier()
     if d.is_main:
         _publish(tmp, final, output_dir, step, scheduler, state, rng_small, rng_tensors, keep_last)
@@ -266,6 +271,12 @@ def _is_tied(model, name: str) -> bool:
     params = dict(model.named_parameters(remove_duplicate=False))
     target = params.get(name)
     return target is not None and any(p is target and n != name for n, p in params.items())
+
+
+def read_method_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The method's loop state saved with the checkpoint (empty when the method keeps none)."""
+    path = ckpt.path / "method_state.safetensors"
+    return load_file(path) if path.is_file() else {}
 
 
 def restore_optimizer(ckpt: Checkpoint, optimizer) -> None:

@@ -15,11 +15,44 @@ from chatforge.config import DataConfig, ModelConfig, OutputConfig, TemplateConf
 
 
 @dataclass
-class PeftConfig:
-    """Which parameters train. `finetuning`: full | freeze | lora | prefix | prompt | p_tuning (others raise
-    NotSupportedError). Fields are grouped by the method that reads them; the others are ignored."""
+class AdaLoraOptions:
+    """`peft.adalora`: AdaLoRA's rank budget and schedule (peft `AdaLoraConfig`). `total_step` is not a key: it is
+    the run's number of optimizer steps. The LoRA keys `alpha`, `dropout`, `target_modules` apply too (not `r`)."""
 
-    finetuning: str = field(default="lora", metadata={"help": "full | freeze | lora | prefix | prompt | p_tuning"})
+    init_r: int = field(default=12, metadata={"min": 1, "help": "rank every adapted matrix starts with"})
+    target_r: int = field(default=8, metadata={"min": 1, "help": "average rank left after the budget phase"})
+    tinit: int = field(default=0, metadata={"min": 0, "help": "optimizer steps of warm-up before ranks are cut"})
+    tfinal: int = field(default=0, metadata={"min": 0, "help": "last optimizer steps trained at the final ranks"})
+    deltaT: int = field(default=1, metadata={"min": 1, "help": "optimizer steps between two budget allocations"})
+    beta1: float = field(default=0.85, metadata={"gt": 0, "lt": 1, "help": "EMA factor of the sensitivity"})
+    beta2: float = field(default=0.85, metadata={"gt": 0, "lt": 1, "help": "EMA factor of the uncertainty"})
+    orth_reg_weight: float = field(default=0.5, metadata={"min": 0, "help": "weight of the orthogonality penalty"})
+
+    def check_config(self) -> list[tuple[str, str]]:
+        if self.target_r > self.init_r:
+            return [("target_r", f"{self.target_r} is above init_r ({self.init_r}): AdaLoRA only removes rank")]
+        return []
+
+
+@dataclass
+class QLoraOptions:
+    """`peft.qlora`: how the frozen base is quantised (bitsandbytes `Linear4bit`); LoRA keys as for `lora`."""
+
+    quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "4-bit data type of the base"})
+    double_quant: bool = field(default=True, metadata={"help": "quantise the quantisation scales too"})
+    compute_dtype: Literal["bfloat16", "float32", "float16"] = field(
+        default="bfloat16", metadata={"help": "dtype the 4-bit weights are dequantised to for each matmul"}
+    )
+
+
+@dataclass
+class PeftConfig:
+    """Which parameters train. `finetuning`: full | freeze | lora | qlora | adalora | prefix | prompt | p_tuning
+    (others raise NotSupportedError). Fields are grouped by the method that reads them; the others are ignored."""
+
+    finetuning: str = field(
+        default="lora", metadata={"help": "full | freeze | lora | qlora | adalora | prefix | prompt | p_tuning"}
+    )
     # LoRA (peft). `target_modules: [all-linear]` adapts every linear layer except the output head.
     r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank"})
     alpha: float = field(default=32.0, metadata={"min": 0, "help": "LoRA alpha (scale = alpha / r)"})
@@ -51,6 +84,8 @@ class PeftConfig:
     trainable_modules: list[str] = field(
         default_factory=list, metadata={"help": "parameter-name substrings also trained in freeze mode, e.g. lm_head"}
     )
+    adalora: AdaLoraOptions = field(default_factory=AdaLoraOptions)
+    qlora: QLoraOptions = field(default_factory=QLoraOptions)
 
 
 @dataclass

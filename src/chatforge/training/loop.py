@@ -97,12 +97,14 @@ def run_loop(
     on_eval: Callable[[torch.nn.Module, int], object] | None = None,
     on_validated: Callable[[TrainState, torch.nn.Module], None] | None = None,
     dist: Dist | None = None,
+    hooks=None,
 ) -> LoopResult:
     """Train until `total_steps` (or early stopping); `state` is updated in place and checkpointed with the model.
 
     `on_eval(model, step)` runs at every evaluation point (samples from fixed prompts); `on_validated(state, model)`
     runs after every tracked validation (`training.best` keeps the best weights with it). With `dist`, `model` is the
-    DDP/FSDP2-wrapped module and `batches` plans global batches.
+    DDP/FSDP2-wrapped module and `batches` plans global batches. `hooks` (`adapters.StepHooks`, e.g. AdaLoRA's) add a
+    per-step loss term, work after each optimizer step and state to each checkpoint.
     """
     d = dist or Dist()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,6 +149,10 @@ def run_loop(
             total = d.all_reduce_sum(torch.stack([step_loss.double()] + [sums[k].double() for k in names]))
             step_loss = total[0]
             sums = {k: total[1 + j] for j, k in enumerate(names)}
+        extra = hooks.extra_loss(model) if hooks is not None else None
+        if extra is not None:  # a regulariser of the weights: once per optimizer step, not per micro-batch
+            extra.backward()
+            sums["extra_loss"] = extra.detach().float() * max(1, count)  # reported as sum / count = extra
         grad_norm = None
         if tcfg.max_grad_norm > 0:
             grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, tcfg.max_grad_norm))
@@ -160,6 +166,8 @@ def run_loop(
             )
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
+        if hooks is not None:  # AdaLoRA reads this step's gradients: after the update, before they are zeroed
+            hooks.after_optimizer_step(model, state.step + 1)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -208,7 +216,15 @@ def run_loop(
             state.elapsed += now - t_mark
             t_mark = now
             ckpt_mod.save_checkpoint(
-                out, step, model, optimizer, scheduler, state.to_dict(), tcfg.save_total_limit, dist=d
+                out,
+                step,
+                model,
+                optimizer,
+                scheduler,
+                state.to_dict(),
+                tcfg.save_total_limit,
+                dist=d,
+                method_state=hooks.state(model) if hooks is not None else None,
             )
     state.elapsed += time.perf_counter() - t_mark
 

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from chatforge.errors import ChatforgeError, NotSupportedError
-from chatforge.training.adapters import VIRTUAL_TOKEN_METHODS, TrainableSummary, apply_finetuning, count_parameters
+from chatforge.training.adapters import (
+    VIRTUAL_TOKEN_METHODS,
+    StepHooks,
+    TrainableSummary,
+    apply_finetuning,
+    count_parameters,
+    method_hooks,
+)
 from chatforge.training.speedups import SpeedConfig, apply_speedups
 
 
@@ -31,6 +38,7 @@ class TrainModel:
     attention: str  # mask | flex: how packed rows keep their samples apart
     precision: str  # fp32 | bf16 (autocast), resolved from train.precision
     pad_multiple: int  # padded batches round their length up to this
+    hooks: StepHooks | None = None  # loop work of the fine-tuning method (AdaLoRA), see adapters.StepHooks
 
     def autocast(self) -> AbstractContextManager:
         if self.precision == "bf16":
@@ -145,4 +153,5 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
         attention=attention,
         precision=resolve_precision(tcfg.precision, parts.device),
         pad_multiple=pad_multiple,
+        hooks=method_hooks(model),
     )

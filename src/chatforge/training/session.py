@@ -91,6 +91,10 @@ def run_session(
         save_config(cfg, out / "config.yaml")
     if d.world > 1 and tcfg.sample_prompts:
         raise NotSupportedError("train.sample_prompts under torchrun (several processes) is not supported yet")
+    if d.world > 1 and tm.hooks is not None:
+        raise NotSupportedError(
+            f"peft.finetuning={cfg.peft.finetuning} under torchrun (several processes) is not supported yet"
+        )
     if d.mode == "fsdp2" and tcfg.restore_best:
         raise NotSupportedError("train.restore_best with FSDP2 is not supported yet (use train.distributed=ddp)")
     batches = dataclasses.replace(batches, batch_size=tcfg.batch_size * d.world)
@@ -100,6 +104,8 @@ def run_session(
     model = d.wrap(tm.model, tcfg, tm.device)
     optimizer = make_optimizer(model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
     scheduler = make_scheduler(optimizer, tcfg, total_steps)
+    if tm.hooks is not None:
+        tm.hooks.begin(tm.model, total_steps)
     state = TrainState(
         plan=dict(
             fingerprint=data.fingerprint(),
@@ -128,7 +134,12 @@ def run_session(
     resume = folder.resume_from
     if resume is not None:
         state.check_plan(resume.state.get("plan", {}), str(resume.path))
-        ckpt_mod.restore_training(resume, model, optimizer, d)
+        method_state = ckpt_mod.read_method_state(resume)
+        if tm.hooks is not None and method_state:  # AdaLoRA: full-size weights and allocator state
+            tm.hooks.load_state(tm.model, method_state)
+            ckpt_mod.restore_optimizer(resume, optimizer)
+        else:
+            ckpt_mod.restore_training(resume, model, optimizer, d)
         ckpt_mod.restore_scheduler(resume, scheduler)
         state = TrainState.from_dict(resume.state)
         metrics.truncate_after(state.step)
@@ -178,6 +189,7 @@ def run_session(
             on_eval=sampler,
             on_validated=best.after_eval,
             dist=d,
+            hooks=tm.hooks,
         )
     loop_time = time.perf_counter() - t_loop
     progress.close()
