@@ -6,6 +6,12 @@
    `chatforge eval` task reward on the held-out pairs: pair accuracy (95% interval) and mean margin (chance: 50%).
 2. kto: kto_en_demo.json with `data.val_size`; `chatforge train` stage kto (LoRA); the held-out val metrics (loss,
    accuracy, margin, kl) at the first and the last evaluation.
+3. dpo: one LoRA `chatforge train` stage dpo run per `--dpo-losses` entry (sigmoid, ipo, hinge, orpo, simpo) on rm's
+   train split with rm's held-out pairs as `data.val`; the run's own final validation gives held-out pair accuracy
+   (share of pairs with chosen reward > rejected, Wilson 95% interval) and mean reward margin. Rewards are beta times
+   the policy-reference log-ratio for sigmoid/ipo/hinge and beta times the mean reply log-prob for orpo/simpo, so
+   margins compare within a loss, not across losses. `--parallel N` runs N of them at once (one GPU is enough for
+   the 135M model); their times are then wall times under sharing.
 
 Writes OUT/results.json and OUT/results.md (a table for the README). Needs only chatforge's own dependencies.
 """
@@ -14,20 +20,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# Per-loss defaults (beta and, for simpo, gamma): LLaMA-Factory's pref_beta 0.1 for the reference-based losses and
+# ORPO; SimPO's paper range (beta 2.0, gamma 0.5) since its reward is a per-token mean, not a summed log-ratio.
+DPO_DEFAULTS: dict[str, list[str]] = {
+    "sigmoid": ["dpo.beta=0.1"],
+    "ipo": ["dpo.beta=0.1"],
+    "hinge": ["dpo.beta=0.1"],
+    "orpo": ["dpo.beta=0.1"],
+    "simpo": ["dpo.beta=2.0", "dpo.simpo_gamma=0.5"],
+}
 
-def chatforge(*args: str) -> float:
-    """Run one `chatforge` command (this interpreter); returns its wall time in seconds."""
+
+def chatforge(*args: str, log: Path | None = None) -> float:
+    """Run one `chatforge` command (this interpreter); returns its wall time in seconds.
+    With `log`, its output goes to that file (concurrent runs would interleave on the terminal)."""
     t = time.perf_counter()
     cmd = [sys.executable, "-c", "import sys; from chatforge.cli import main; sys.exit(main())", *args]
-    print("+ chatforge " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    print("+ chatforge " + " ".join(args) + (f"  > {log}" if log else ""), flush=True)
+    if log is None:
+        subprocess.run(cmd, check=True)
+    else:
+        with log.open("w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise SystemExit(f"chatforge {args[0]} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
     return time.perf_counter() - t
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion p observed on n trials."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def parse_losses(text: str) -> list[str]:
+    losses = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in losses if x not in DPO_DEFAULTS]
+    if bad:
+        raise SystemExit(f"--dpo-losses: unknown {', '.join(bad)}; choose from {', '.join(DPO_DEFAULTS)}")
+    return losses
 
 
 def split_pairs(src: Path, out: Path, held_out: int, seed: int) -> Path:
@@ -65,8 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap both runs (smoke tests)")
     ap.add_argument("--max-samples", type=int, default=None, help="records read per file (smoke tests)")
-    ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for both training runs")
+    ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every training run")
+    ap.add_argument(
+        "--dpo-losses",
+        default="sigmoid,ipo,hinge,orpo,simpo",
+        help="comma-separated dpo.loss values, one LoRA DPO run each (empty: skip the dpo runs)",
+    )
+    ap.add_argument("--dpo-lr", type=float, default=5e-5, help="learning rate of the dpo runs")
+    ap.add_argument("--parallel", type=int, default=1, help="dpo runs at once (concurrent subprocesses)")
     args = ap.parse_args(argv)
+    losses = parse_losses(args.dpo_losses)
+    if args.parallel < 1:
+        raise SystemExit("--parallel: must be >= 1")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [
@@ -156,6 +209,49 @@ def main(argv: list[str] | None = None) -> int:
         "last_eval": ev[-1] if ev else None,
         "summary": json.loads((kto_run / "summary.json").read_text()),
     }
+
+    def dpo_run(loss: str) -> dict:
+        run = out / f"dpo_{loss}"
+        t = chatforge(
+            "train",
+            "train.stage=dpo",
+            f"dpo.loss={loss}",
+            *DPO_DEFAULTS[loss],
+            "data.train=[rm_train]",
+            "data.val=[rm_heldout]",
+            f"data.dataset_info={info}",
+            "train.batch_size=4",
+            "train.grad_accum=4",
+            f"train.learning_rate={args.dpo_lr}",
+            "train.eval_every=0",
+            f"output.dir={run}",
+            *common,
+            log=out / f"dpo_{loss}.log" if args.parallel > 1 else None,
+        )
+        ev = evals(run)
+        last = ev[-1] if ev else {}
+        summary = json.loads((run / "summary.json").read_text())
+        n = int(last.get("val_count", 0))
+        lo, hi = wilson(last["val_accuracy"], n) if last else (None, None)
+        return {
+            "loss": loss,
+            "overrides": DPO_DEFAULTS[loss],
+            "train_s": round(t, 1),
+            "steps": summary.get("steps"),
+            "heldout_pairs": n,
+            "pair_accuracy": last.get("val_accuracy"),
+            "pair_accuracy_ci95": [lo, hi],
+            "mean_margin": last.get("val_margin"),
+            "rewards_chosen": last.get("val_rewards/chosen"),
+            "rewards_rejected": last.get("val_rewards/rejected"),
+            "val_loss": last.get("val_loss"),
+            "evals": ev,
+            "summary": summary,
+        }
+
+    if losses:
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            results["dpo"] = list(pool.map(dpo_run, losses))
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
     m = results["rm"]["heldout"]
@@ -174,6 +270,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{f0['val_accuracy']:.1%} -> {f1['val_accuracy']:.1%}; {f0['val_margin']:.3f} -> {f1['val_margin']:.3f} "
             f"| {t_kto:.0f} s |"
         )
+    if results.get("dpo"):
+        lines += [
+            "",
+            "| stage / loss (LoRA) | overrides | held-out pairs | pair accuracy (95% CI) | mean margin | train time "
+            "| steps |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in results["dpo"]:
+            if r["pair_accuracy"] is None:
+                acc, margin = "no validation", "-"
+            else:
+                lo, hi = r["pair_accuracy_ci95"]
+                acc, margin = f"{r['pair_accuracy']:.1%} ({lo:.1%}-{hi:.1%})", f"{r['mean_margin']:.3f}"
+            lines.append(
+                f"| dpo / {r['loss']} | {', '.join(r['overrides'])} | {r['heldout_pairs']} | {acc} | {margin} "
+                f"| {r['train_s']:.0f} s | {r['steps']} |"
+            )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
