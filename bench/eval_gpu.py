@@ -42,7 +42,7 @@ def run_chatforge(a, model_dir: Path, data: Path, out: Path) -> dict:
     cmd = [
         sys.executable, "-m", "chatforge.cli", "eval",
         f"model.name_or_path={model_dir}", f"model.dtype={a.dtype}", f"model.device={a.device}",
-        "eval.tasks=[mmlu]", f"eval.benchmark_dir={data}", f"eval.num_fewshot={a.shots}",
+        "eval.tasks=[mmlu]", "eval.max_samples=null", f"eval.benchmark_dir={data}", f"eval.num_fewshot={a.shots}",
         f"eval.batch_size={a.batch_size}", "eval.charts=false", "eval.sampling=first", f"output.dir={out}",
     ]  # fmt: skip
     if a.subjects:

@@ -115,10 +115,19 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = a.adapter
-    if adapter is None:
-        chatforge("demo", "--model", a.model, "--steps", str(a.demo_steps), "--train", "480", "--test", "20",
-                  "--output", str(out / "demo"))  # fmt: skip
-        adapter = str(out / "demo" / "adapter")
+    if adapter is None:  # the demo's grounded-QA LoRA, trained where the machine trains fastest (demo itself: CPU)
+        chatforge("data", "demo", "--output", str(out / "demo_data"), "--train", "480", "--test", "20")
+        cfg = {
+            "model": {"name_or_path": a.model},
+            "data": {"train": [str(out / "demo_data" / "train.jsonl")], "max_length": 512},
+            "template": {"mask": "all_assistant"},
+            "peft": {"finetuning": "lora", "r": 16, "alpha": 32, "target_modules": ["all-linear"]},
+            "train": {"stage": "sft", "max_steps": a.demo_steps, "batch_size": 8, "learning_rate": 3e-4},
+            "output": {"dir": str(out / "adapter")},
+        }
+        (out / "train.yaml").write_text(json.dumps(cfg), encoding="utf-8")  # JSON is YAML
+        chatforge("train", str(out / "train.yaml"))
+        adapter = str(out / "adapter")
     report: dict = {"model": a.model, "adapter": adapter, "files": {}}
     for kind in a.types.split(","):
         folder = out / f"export_{kind}"

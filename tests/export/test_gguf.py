@@ -59,7 +59,7 @@ def test_f16_file_matches_the_hf_model(hf_folder, tmp_path):
     reader = GGUFReader(path)
     assert _field(reader, "general.architecture") == "llama"
     assert _field(reader, "llama.rope.freq_base") == 100000.0
-    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt2"
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     tokens, types = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.token_type")
     im_end = tokens.index("<|im_end|>")
     assert _field(reader, "tokenizer.ggml.eot_token_id") == im_end == hf_tok.convert_tokens_to_ids("<|im_end|>")
@@ -171,3 +171,21 @@ def test_qwen2_architecture_round_trips(tmp_path):
             if param.ndim == 2:
                 param.copy_(param.half().float())
         assert (model(ids).logits - hf(ids).logits).abs().max() < 1e-2
+
+
+def test_byte_level_bpe_flagged_byte_fallback_still_exports(hf_folder, tmp_path):
+    """transformers 5.17 marks byte-level BPE read from a GGUF with byte_fallback (seen on the H200 image): the flag
+    never fires under a ByteLevel pre-tokenizer, so the export goes ahead with the same tokens."""
+    import json
+    import shutil
+
+    from chatforge.export.gguf import tokenizer_fields
+
+    folder = tmp_path / "flagged"
+    shutil.copytree(hf_folder, folder)
+    state = json.loads((folder / "tokenizer.json").read_text())
+    state["model"]["byte_fallback"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(state))
+    vocab = len(json.loads((hf_folder / "tokenizer.json").read_text())["model"]["vocab"])
+    flagged, plain = tokenizer_fields(folder, vocab), tokenizer_fields(hf_folder, vocab)
+    assert flagged["tokens"] == plain["tokens"] and flagged["pre"] == plain["pre"]

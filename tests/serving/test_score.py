@@ -8,12 +8,15 @@ import json
 import random
 from pathlib import Path
 
-import httpx
 import pytest
-import torch
-from live_server import serve_in_thread
 
-from chatforge.data.schema import Conversation, Message
+pytest.importorskip("fastapi", reason="the serving extras (fastapi) are not installed")
+pytest.importorskip("httpx", reason="the serving extras (httpx) are not installed")
+import httpx  # noqa: E402
+import torch  # noqa: E402
+from live_server import serve_in_thread  # noqa: E402
+
+from chatforge.data.schema import Conversation, Message  # noqa: E402
 from chatforge.models.tiny import tiny_llama, tiny_tokenizer
 from chatforge.serving.engine import Engine
 from chatforge.serving.server import create_app

@@ -158,3 +158,12 @@ def test_prompt_init_text_sets_the_soft_tokens():
     assert summary.trainable == 5 * base.config.hidden_size
     with pytest.raises(ChatforgeError, match="tokenizes to nothing"):
         apply_finetuning(tiny_llama(len(tok)), PeftConfig(finetuning="prompt", prompt_init_text=""), tokenizer=tok)
+
+
+def test_prefix_with_gradient_checkpointing_is_a_clear_error(tmp_path):
+    """peft raises deep inside get_peft_model for this pair (seen on the H200 run); chatforge names both keys first."""
+    from chatforge.training.model_setup import prepare_model
+
+    cfg = run_config(tmp_path, "peft.finetuning=prefix", "train.gradient_checkpointing=true")
+    with pytest.raises(ChatforgeError, match="gradient_checkpointing"):
+        prepare_model(cfg)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from chatforge.errors import ChatforgeError
 from chatforge.training import train
 from chatforge.training.best import BestKeeper, best_dir
-from tests.training.train_helpers import WORDS, run_config
+from train_helpers import WORDS, run_config
 
 
 def _write(path, n, seed, reply):

@@ -78,7 +78,7 @@ def _pre_tokenizer_candidates() -> dict[str, Any]:
 
     gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return {
-        "gpt2": gpt2,
+        "gpt-2": gpt2,  # llama.cpp's name for the plain GPT-2 split (it refuses "gpt2")
         # SmolLM / StarCoder: every digit on its own, then the GPT-2 split.
         "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]),
         "llama-bpe": split(_LLAMA3_SPLIT),
@@ -101,6 +101,13 @@ def detect_pre_tokenizer(backend) -> str:
     )
 
 
+def _is_byte_level(state: dict) -> bool:
+    """Whether tokenizer.json's pre-tokenizer (or a step of its Sequence) is ByteLevel."""
+    pre = state.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(step.get("type") == "ByteLevel" for step in steps)
+
+
 def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
     """Everything the GGUF needs about the tokenizer in `folder` (tokenizer.json + tokenizer_config.json)."""
     from gguf import TokenType
@@ -108,7 +115,9 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
 
     state = _read_json(folder / "tokenizer.json")
     model = state.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
+    # transformers 5.17 sets byte_fallback on byte-level BPE read from a GGUF: with a ByteLevel pre-tokenizer every
+    # byte already has a token, so the flag never fires and the tokenizer is still byte-level BPE.
+    if model.get("type") != "BPE" or (model.get("byte_fallback") and not _is_byte_level(state)):
         raise NotSupportedError(
             f"GGUF export supports byte-level BPE tokenizers (GPT-2 / Llama-3 / Qwen2 / SmolLM style); {folder} has "
             f"a {model.get('type')} model{' with byte fallback (SentencePiece style)' if model.get('byte_fallback') else ''}"

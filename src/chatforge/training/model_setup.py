@@ -88,6 +88,12 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
             f"peft.finetuning={cfg.peft.finetuning} adds virtual tokens, which packed rows cannot carry: "
             "use train.batching=length_grouped or random"
         )
+    if cfg.peft.finetuning.lower() == "prefix" and tcfg.gradient_checkpointing:
+        # peft refuses it deep inside get_peft_model; say so before the model loads.
+        raise ChatforgeError(
+            "peft.finetuning=prefix does not work with train.gradient_checkpointing=true (peft's prefix key/values "
+            "bypass the recompute): turn one of them off"
+        )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     from chatforge.models.assembly import is_reward_model
