@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import WORDS, run_config
 
 from chatforge.errors import ChatforgeError
 from chatforge.training import train
 from chatforge.training.best import BestKeeper, best_dir
-from train_helpers import WORDS, run_config
 
 
 def _write(path, n, seed, reply):
