@@ -38,10 +38,17 @@ def browser():
         b.close()
 
 
+def _page(browser):
+    """A page whose waits allow for a loaded CI machine (the default 30 s timed out once while the suite ran)."""
+    page = browser.new_page()
+    page.set_default_timeout(120_000)
+    return page
+
+
 def test_page_streams_a_multi_turn_answer(browser, tiny_tok):
     model, tok = scripted_model("plain")
     with serve_in_thread(create_app(Engine(model, tok, "chatml"), "tiny")) as base:
-        page = browser.new_page()
+        page = _page(browser)
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('status').textContent === 'ready'")
         page.fill("#system", "Answer briefly.")
@@ -62,7 +69,7 @@ def test_page_streams_a_multi_turn_answer(browser, tiny_tok):
     # Streaming is visible: with a long answer, text is on the page while the request is still running.
     engine = Engine(endless_model(tiny_tok), tiny_tok, "chatml")
     with serve_in_thread(create_app(engine, "tiny")) as base:
-        page = browser.new_page()
+        page = _page(browser)
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('status').textContent === 'ready'")
         page.fill("#max_tokens", "400")
@@ -86,7 +93,7 @@ def test_page_shows_tool_calls_and_results(browser, tmp_path):
     model, tok = scripted_model("tool")
     app = create_app(Engine(model, tok, "chatml"), "tiny", toolbox=load_tools(str(tools_file)))
     with serve_in_thread(app) as base:
-        page = browser.new_page()
+        page = _page(browser)
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('status').textContent === 'ready'")
         assert page.is_checked("#use_tools")
