@@ -1,4 +1,4 @@
-"""Does llama.cpp load and chat with what `chatforge export` writes? A LoRA run (the demo's grounded-QA adapter) is
+"""Does llama.cpp load and chat with what `chatforge export` writes? A LoRA run (on the demo's grounded-QA data) is
 exported through the real CLI to GGUF (f16 and q4_0, each with an Ollama Modelfile), then each file is served by
 llama.cpp's own `llama-server --jinja` (which renders prompts with the GGUF's `tokenizer.chat_template`, the trained
 template) and asked the same conversations as chatforge's engine on the merged HF folder:
@@ -9,7 +9,8 @@ template) and asked the same conversations as chatforge's engine on the merged H
   they should agree on most tokens, q4_0 is a lossy 4-bit file.
 
     python3 bench/llamacpp_check.py --llama-bin LLAMA_CPP/build/bin --adapter RUN/adapter --out OUT
-    (or --demo-steps 60 to train the adapter first with `chatforge demo`)
+    (without --adapter it first trains one: `chatforge data demo`, then `chatforge train` for --demo-steps steps,
+    on the GPU where there is one; `--adapter none` exports the base model)
 
 Needs a llama.cpp build (`cmake -B build -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF && cmake --build build --target
 llama-server`) and the `gguf` package. Writes OUT/llamacpp_check.json and prints a summary.
