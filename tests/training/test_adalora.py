@@ -139,3 +139,21 @@ def test_schedule_without_a_budget_phase_is_refused(tmp_path):
 def test_target_rank_above_initial_rank_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="target_r"):
         run_config(tmp_path, *ADALORA, "peft.adalora.target_r=8")
+
+
+def test_the_adapter_serves(trained):
+    """`chatforge chat/serve` load the AdaLoRA adapter through the one assembly and decode with the KV cache: the
+    tokens equal greedy decoding of the same loaded model without a cache."""
+    from chatforge.data.schema import Conversation, Message
+    from chatforge.serving.engine import Engine, SamplingParams
+
+    tmp, out, _, _ = trained
+    engine = Engine.load(str(tiny_model_dir(tmp)), adapter=str(out), template="chatml", dtype="float32", device="cpu")
+    conv = Conversation([Message("user", "alpha beta gamma")], [])
+    "".join(engine.stream(conv, SamplingParams(max_new_tokens=6)))
+    served = list(engine.last_sequence.generated)
+    ids = torch.tensor([engine.encode(conv)])
+    with torch.no_grad():
+        for _ in served:
+            ids = torch.cat([ids, engine.model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert served and ids[0, -len(served) :].tolist() == served

@@ -133,3 +133,21 @@ def test_loss_falls_on_cuda(tmp_path):
     out = train(run_config(tmp_path, *QLORA, "model.device=cuda", "train.precision=bf16")).output_dir
     got = losses(out)
     assert sum(got[s] for s in (18, 19, 20)) / 3 < sum(got[s] for s in (1, 2, 3)) / 3 - 0.1
+
+
+def test_the_adapter_serves(trained):
+    """`chatforge chat/serve --adapter` on a QLoRA run (a plain LoRA adapter, served on the base as loaded): the
+    engine decodes with the KV cache, and its tokens equal greedy decoding of the same loaded model without a cache."""
+    from chatforge.data.schema import Conversation, Message
+    from chatforge.serving.engine import Engine, SamplingParams
+
+    tmp, out, _ = trained
+    engine = Engine.load(str(tiny_model_dir(tmp)), adapter=str(out), template="chatml", dtype="float32", device="cpu")
+    conv = Conversation([Message("user", "alpha beta gamma")], [])
+    "".join(engine.stream(conv, SamplingParams(max_new_tokens=6)))
+    served = list(engine.last_sequence.generated)
+    ids = torch.tensor([engine.encode(conv)])
+    with torch.no_grad():
+        for _ in served:
+            ids = torch.cat([ids, engine.model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert served and ids[0, -len(served) :].tolist() == served
