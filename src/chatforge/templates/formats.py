@@ -153,6 +153,28 @@ LLAMA3_TOOLS_INTRO = (
     '{"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.\n\n'
 )
 
+# Llama 3's turns and JSON tool calling; Llama 3.1+ (below) adds its dated system header.
+LLAMA3 = ChatTemplate(
+    name="llama3",
+    bos="<|begin_of_text|>",
+    system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+    user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+    assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    assistant_end="<|eot_id|>",
+    # Llama 3.1+ JSON tool calling: the call is the whole reply, results come back in the `ipython` role.
+    tool_open="<|start_header_id|>ipython<|end_header_id|>\n\n",
+    tool="{content}",
+    tool_close="<|eot_id|>",
+    tool_call="{call}",
+    call_args_key="parameters",
+    tools_intro=LLAMA3_TOOLS_INTRO,
+    tools_outro="",
+    tools_join="\n\n",
+    tools_indent=4,
+    stop_words=("<|eom_id|>",),
+    special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
+)
+
 _TEMPLATE_LIST = [
     CHATML,
     # SmolLM2-Instruct's own format: ChatML with its default system prompt.
@@ -193,49 +215,15 @@ _TEMPLATE_LIST = [
         tool_close=" [/INST]",
         special_tokens=("<s>", "</s>"),
     ),
-    ChatTemplate(
-        name="llama3",
-        bos="<|begin_of_text|>",
-        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
-        assistant_end="<|eot_id|>",
-        # Llama 3.1+ JSON tool calling: the call is the whole reply, results come back in the `ipython` role.
-        tool_open="<|start_header_id|>ipython<|end_header_id|>\n\n",
-        tool="{content}",
-        tool_close="<|eot_id|>",
-        tool_call="{call}",
-        call_args_key="parameters",
-        tools_intro=LLAMA3_TOOLS_INTRO,
-        tools_outro="",
-        tools_join="\n\n",
-        tools_indent=4,
-        stop_words=("<|eom_id|>",),
-        special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
-    ),
+    LLAMA3,
     # Llama 3.1 / 3.2 / 3.3: Llama 3's turns plus the system header Meta documents for these models: the knowledge
     # cutoff and today's date (its own templates default the date to 26 Jul 2024), "Environment: ipython" with tools.
-    ChatTemplate(
+    replace(
+        LLAMA3,
         name="llama3.1",
-        bos="<|begin_of_text|>",
-        system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
         system_header=LLAMA31_SYSTEM_HEADER,
         tools_system_note="Environment: ipython\n",
         date=LLAMA31_DEFAULT_DATE,
-        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
-        assistant_end="<|eot_id|>",
-        tool_open="<|start_header_id|>ipython<|end_header_id|>\n\n",
-        tool="{content}",
-        tool_close="<|eot_id|>",
-        tool_call="{call}",
-        call_args_key="parameters",
-        tools_intro=LLAMA3_TOOLS_INTRO,
-        tools_outro="",
-        tools_join="\n\n",
-        tools_indent=4,
-        stop_words=("<|eom_id|>",),
-        special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
     ),
     ChatTemplate(
         name="chatglm3",
