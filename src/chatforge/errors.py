@@ -33,6 +33,17 @@ class DataError(ChatforgeError):
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
+    def located(self, file: str, loc: dict) -> DataError:
+        """The same error placed in `file` at `loc` (the `line` / `record` keys a reader yields with each record)."""
+        return DataError(
+            self.bare_message,
+            file=file,
+            line=loc.get("line"),
+            record=loc.get("record"),
+            field=self.field,
+            reason=self.reason,
+        )
+
 
 class NotSupportedError(ChatforgeError):
     """A feature that chatforge does not implement (yet); the message says what is supported instead."""

@@ -407,14 +407,7 @@ def _read_file(
                 raise DataError(f"a record must be a JSON object, got {type(rec).__name__}", reason="wrong_type")
             out = CONVERTERS[layout.format](rec, layout)
         except DataError as err:
-            located = DataError(
-                err.bare_message,
-                file=str(path),
-                line=loc.get("line"),
-                record=loc.get("record"),
-                field=err.field,
-                reason=err.reason,
-            )
+            located = err.located(str(path), loc)
             if on_error == "raise":
                 raise located from None
             result.skipped[err.reason] += 1

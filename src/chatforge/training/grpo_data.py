@@ -111,14 +111,7 @@ def read_prompt_files(paths: list[str], on_error: str, max_samples: int | None, 
                     raise rec
                 p = prompt_from_record(rec)
             except DataError as err:
-                located = DataError(
-                    err.bare_message,
-                    file=str(path),
-                    line=loc.get("line"),
-                    record=loc.get("record"),
-                    field=err.field,
-                    reason=err.reason,
-                )
+                located = err.located(str(path), loc)
                 if on_error == "raise":
                     raise located from None
                 stats[f"skipped {err.reason} ({path})"] += 1
