@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import WORDS, losses, run_config
+from train_helpers import WORDS, assert_resume_is_exact, run_config
 
 from chatforge.errors import DataError
 from chatforge.training import train
@@ -173,17 +172,7 @@ RESUME = [
 
 @pytest.mark.parametrize("settings", [["peft.finetuning=lora"], ["peft.finetuning=full"]], ids=["lora", "full"])
 def test_resume_is_exact(tmp_path, settings):
-    ref_out = train(_rm_config(tmp_path, *RESUME, *settings)).output_dir
-    want = losses(ref_out)
-    dest = tmp_path / "resumed"
-    shutil.copytree(ref_out, dest)
-    shutil.rmtree(dest / "checkpoints" / "step-000009")
-    (dest / "summary.json").unlink()
-    result = train(_rm_config(tmp_path, *RESUME, *settings, "train.resume=auto", f"output.dir={dest}"))
-    assert result.summary["resumed_from"].endswith("step-000006")
-    got = losses(dest)
-    assert got.keys() == want.keys() and len(got) == 9
-    assert max(abs(got[k] - want[k]) for k in want) < 1e-6
+    assert_resume_is_exact(_rm_config, tmp_path, *RESUME, *settings, steps=9, resume_at=6)
 
 
 def test_a_reward_model_continues_only_as_a_reward_model(tmp_path):

@@ -70,3 +70,24 @@ def run_config(tmp: Path, *overrides: str, data: Path | None = None) -> TrainRun
 def losses(out: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def assert_resume_is_exact(make_config, tmp: Path, *settings: str, steps: int, resume_at: int) -> None:
+    """Train `steps` steps, delete the last checkpoint (step `steps`) and the summary, resume with `train.resume=auto`
+    (from the checkpoint at `resume_at`) and require the same per-step losses within 1e-6. `make_config(tmp,
+    *overrides)` builds the stage's run config; `settings` must make it checkpoint at both steps."""
+    import shutil
+
+    from chatforge.training import train
+
+    ref_out = train(make_config(tmp, *settings)).output_dir
+    want = losses(ref_out)
+    dest = tmp / "resumed"
+    shutil.copytree(ref_out, dest)
+    shutil.rmtree(dest / "checkpoints" / f"step-{steps:06d}")
+    (dest / "summary.json").unlink()
+    result = train(make_config(tmp, *settings, "train.resume=auto", f"output.dir={dest}"))
+    assert result.summary["resumed_from"].endswith(f"step-{resume_at:06d}")
+    got = losses(dest)
+    assert got.keys() == want.keys() and len(got) == steps
+    assert max(abs(got[k] - want[k]) for k in want) < 1e-6
