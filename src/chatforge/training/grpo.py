@@ -321,10 +321,6 @@ class GrpoBatches(Batches):
     _calls: int = 0
     _slots: dict = field(default_factory=dict)
 
-    @property
-    def repeats(self) -> int:
-        return self.num_iterations
-
     def plan(self, epoch: int) -> list[list[int]]:
         base = plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch)
         if self.num_iterations == 1:

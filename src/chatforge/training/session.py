@@ -66,12 +66,10 @@ def finished_run(folder: RunFolder) -> TrainResult:
     return TrainResult(folder.path, summary)
 
 
-def total_steps_for(tcfg, n_units: int, n_batches: int | None = None, repeats: int = 1, world: int = 1) -> int:
-    """Optimizer steps of the run; `n_batches` = the plan's batches per epoch where it differs from
-    ceil(units / global batch) (a global batch is `batch_size x world` units); `repeats`: steps per window of
-    batches (grpo.num_iterations reuses samples)."""
-    n_batches = math.ceil(n_units / (tcfg.batch_size * world)) if n_batches is None else n_batches
-    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum) * repeats
+def total_steps_for(tcfg, n_batches: int) -> int:
+    """Optimizer steps of the run from the plan's batches per epoch (`Batches.batches_per_epoch()`: global batches
+    under torchrun, one-row merges for padded batches, grpo's repeated windows all included)."""
+    steps_per_epoch = math.ceil(n_batches / tcfg.grad_accum)
     return tcfg.max_steps or max(1, math.ceil(tcfg.epochs * steps_per_epoch))
 
 
@@ -99,7 +97,7 @@ def run_session(
         raise NotSupportedError("train.restore_best with FSDP2 is not supported yet (use train.distributed=ddp)")
     batches = dataclasses.replace(batches, batch_size=tcfg.batch_size * d.world)
     # The plan's own batch count: it already holds one-row merges (padded) and grpo's repeated windows.
-    total_steps = total_steps_for(tcfg, len(batches.units), batches.batches_per_epoch())
+    total_steps = total_steps_for(tcfg, batches.batches_per_epoch())
     flops = FlopModel.of(tm.model)  # before FSDP2 turns the weights into shards
     model = d.wrap(tm.model, tcfg, tm.device)
     optimizer = make_optimizer(model, tcfg, lora_plus_ratio=cfg.peft.lora_plus_ratio or 0.0)
