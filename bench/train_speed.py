@@ -372,7 +372,7 @@ def suite_pretrain124m(a, work: Path) -> list[dict]:
     shape = "llama-124m" if not a.tiny else "tiny"
     for seq, batch in settings:
         peer = ["--mode", "full", "--seq", str(seq), "--batch", str(batch)]
-        if not a.tiny:
+        if not a.tiny and not (a.lean and a.liger):
             rows.append(run_peer_shape(f"peer plain seq{seq} bs{batch}", a, shape, fields, peer))
             if a.liger:
                 rows.append(run_peer_shape(f"peer liger seq{seq} bs{batch}", a, shape, fields, [*peer, "--liger"]))
@@ -399,7 +399,7 @@ def suite_pretrain124m(a, work: Path) -> list[dict]:
         else:
             base.append("train.num_threads=1")
         rows.append(run_ours(f"ours pt shards seq{seq} bs{batch} (fp32 master)", work, base))
-        if not a.tiny:
+        if not a.tiny and not a.lean:
             rows.append(
                 run_ours(f"ours pt shards seq{seq} bs{batch} (pure bf16)", work, base + ["model.dtype=bfloat16"])
             )
@@ -423,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda v: [int(x) for x in v.split(",")],
         default=[1024, 2048],
         help="--suite pretrain124m: sequence lengths (batch = 32k tokens / seq)",
+    )
+    ap.add_argument(
+        "--lean",
+        action="store_true",
+        help="--suite pretrain124m: only the Liger reference and ours at default precision",
     )
     ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
     ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")

@@ -18,7 +18,7 @@ from chatforge.evaluation.benchmarks.spec import render
 from chatforge.evaluation.codeexec import humaneval_program, pass_at_k, run_program
 from chatforge.evaluation.commands import evaluate
 from chatforge.evaluation.config import load_eval_config
-from chatforge.evaluation.loglik import build_request, encode_pair, score_naive, score_requests
+from chatforge.evaluation.loglik import build_request, build_requests, encode_pair, score_naive, score_requests
 from chatforge.serving.engine import Engine
 
 OFFICIAL_COUNTS = {
@@ -68,6 +68,22 @@ def test_encode_pair_moves_trailing_space_to_the_continuation(tiny_tok):
     ctx, cont = encode_pair(tiny_tok, "Answer: ", "Paris")
     assert ctx == tiny_tok.encode("Answer:", add_special_tokens=False)
     assert ctx + cont == tiny_tok.encode("Answer: Paris", add_special_tokens=False)
+
+
+def test_batched_requests_equal_encode_pair_per_option(tiny_tok):
+    items = [
+        ("Answer: ", ["Paris", "Rome"]),
+        ("Q: 2+2?\nA:", [" 4", " five", " 4 4"]),
+        ("问题：天空是什么颜色？答案：  ", ["蓝色", "绿"]),
+        ("", ["abc", "d"]),
+    ]
+    got = build_requests(tiny_tok, items)
+    for (context, options), req in zip(items, got):
+        for option, cont in zip(options, req.continuations):
+            want_ctx, want_cont = encode_pair(tiny_tok, context, option)
+            assert cont == want_cont
+            assert req.context == (want_ctx or [tiny_tok.eos_token_id or 0])
+        assert req == build_request(tiny_tok, context, options)
 
 
 # ------------------------------------------------------------------------------------------------- task YAMLs

@@ -126,10 +126,12 @@ def _max_length(engine: Any) -> int:
 
 
 def run_multiple_choice(spec: BenchmarkSpec, docs: list[D.Doc], contexts: list[str], ctx: EvalContext) -> TaskResult:
-    from chatforge.evaluation.loglik import build_request, score_requests
+    from chatforge.evaluation.loglik import build_requests, score_requests
 
     tok = ctx.engine.tokenizer
-    requests = [build_request(tok, c, [spec.target_delimiter + ch for ch in d.choices]) for d, c in zip(docs, contexts)]
+    requests = build_requests(
+        tok, [(c, [spec.target_delimiter + ch for ch in d.choices]) for d, c in zip(docs, contexts)]
+    )
     tokens = sum(len(r.context) + sum(len(k) for k in r.continuations) for r in requests)
     start = time.perf_counter()
     lls = score_requests(ctx.engine.model, requests, _pad_id(tok), _max_length(ctx.engine), ctx.cfg.batch_size)
@@ -192,8 +194,9 @@ def generate_raw(engine: Any, prompts: list[list[int]], max_new_tokens: int, unt
 def _encode_prompts(engine: Any, contexts: list[str], max_new: int) -> tuple[list[list[int]], int]:
     keep = max(1, _max_length(engine) - max_new)
     out, cut = [], 0
-    for c in contexts:
-        ids = engine.tokenizer.encode(c, add_special_tokens=False) or [engine.tokenizer.eos_token_id or 0]
+    encoded = engine.tokenizer(list(contexts), add_special_tokens=False)["input_ids"] if contexts else []
+    for ids in encoded:
+        ids = list(ids) or [engine.tokenizer.eos_token_id or 0]
         cut += len(ids) > keep
         out.append(ids[-keep:])
     return out, cut

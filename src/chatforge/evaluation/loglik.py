@@ -26,11 +26,24 @@ class Request:
     continuations: list[list[int]]
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) such that their concatenation is the encoding of context + continuation."""
+def _split_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """Trailing spaces of the context move to the continuation (the harness convention)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens: one batched call (a fast tokenizer encodes it on all cores)."""
+    if not texts:
+        return []
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) such that their concatenation is the encoding of context + continuation."""
+    context, continuation = _split_spaces(context, continuation)
     whole = tokenizer.encode(context + continuation, add_special_tokens=False)
     ctx = tokenizer.encode(context, add_special_tokens=False)
     return ctx, whole[len(ctx) :]
@@ -39,11 +52,34 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 def build_request(tokenizer, context: str, continuations: Sequence[str], prefix_id: int | None = None) -> Request:
     """A Request: the context's ids (the same for every option, since trailing spaces always move the same way) and
     each option's continuation ids."""
-    pairs = [encode_pair(tokenizer, context, cont) for cont in continuations]
-    ctx_ids = pairs[0][0] if pairs else []
-    if not ctx_ids:  # an empty context: condition on the end-of-text token, as harnesses do
-        ctx_ids = [prefix_id if prefix_id is not None else (tokenizer.eos_token_id or 0)]
-    return Request(ctx_ids, [k for _, k in pairs])
+    return build_requests(tokenizer, [(context, continuations)], prefix_id)[0]
+
+
+def build_requests(
+    tokenizer, items: Sequence[tuple[str, Sequence[str]]], prefix_id: int | None = None
+) -> list[Request]:
+    """build_request for many (context, continuations) items, with every text encoded in one batched call.
+
+    Same ids as `encode_pair` per option: each context is encoded once (not once per option) and each context +
+    option whole; the continuation is what follows the context's own tokens. For 5-shot MMLU the per-text Python
+    loop was most of the GPU run's time (about 8 encodes of a 2,500-character prompt per item)."""
+    texts: list[str] = []
+    plan = []
+    for context, continuations in items:
+        split = [_split_spaces(context, c) for c in continuations]
+        ctx_text = split[0][0] if split else context.rstrip()
+        plan.append((len(texts), len(split)))
+        texts.append(ctx_text)
+        texts.extend(ctx + cont for ctx, cont in split)
+    ids = _encode_all(tokenizer, texts)
+    out = []
+    for start, n in plan:
+        ctx_ids = ids[start]
+        conts = [ids[start + 1 + j][len(ctx_ids) :] for j in range(n)]
+        if not ctx_ids:  # an empty context: condition on the end-of-text token, as harnesses do
+            ctx_ids = [prefix_id if prefix_id is not None else (tokenizer.eos_token_id or 0)]
+        out.append(Request(list(ctx_ids), [list(k) for k in conts]))
+    return out
 
 
 def _parts(model: torch.nn.Module):
