@@ -372,10 +372,13 @@ def suite_pretrain124m(a, work: Path) -> list[dict]:
     shape = "llama-124m" if not a.tiny else "tiny"
     for seq, batch in settings:
         peer = ["--mode", "full", "--seq", str(seq), "--batch", str(batch)]
-        if not a.tiny and not (a.lean and a.liger):
-            rows.append(run_peer_shape(f"peer plain seq{seq} bs{batch}", a, shape, fields, peer))
+        if not a.tiny:
+            if not (a.lean and a.liger):
+                rows.append(run_peer_shape(f"peer plain seq{seq} bs{batch}", a, shape, fields, peer))
             if a.liger:
                 rows.append(run_peer_shape(f"peer liger seq{seq} bs{batch}", a, shape, fields, [*peer, "--liger"]))
+        if a.peer_only:
+            continue
         shards = token_shards(work, int(1.6 * seq * batch * (a.steps + 2)) + 4 * seq)
         init = f"model.init={{preset: llama-124m, vocab_size: {vocab}}}" if not a.tiny else init_override("tiny")
         base = [
@@ -429,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="--suite pretrain124m: only the Liger reference and ours at default precision",
     )
+    ap.add_argument("--peer-only", action="store_true", help="--suite pretrain124m: the reference rows alone")
     ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
     ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")
     ap.add_argument("--out", help="append JSON lines here")
