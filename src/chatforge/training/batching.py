@@ -30,9 +30,22 @@ class Batches:
     make: Callable[[list[int]], dict[str, torch.Tensor]]  # unit indices -> collated CPU batch
     pad_width: Callable[[int], int]  # longest unit in a batch -> the batch's width
     min_rows: int = 1  # batches smaller than this join the batch before them (2 for padded batches)
+    # GRPO's num_iterations: each window of `repeat_window` batches (one optimizer step) runs `repeats` times in a
+    # row; the epoch's plan is first filled up to a whole number of windows from its start.
+    repeat_window: int = 1
+    repeats: int = 1
 
     def plan(self, epoch: int) -> list[list[int]]:
-        return plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch, min_rows=self.min_rows)
+        base = plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch, min_rows=self.min_rows)
+        if self.repeats == 1:
+            return base
+        window = self.repeat_window
+        while len(base) % window:
+            base = base + base[: window - len(base) % window]
+        out: list[list[int]] = []
+        for s in range(0, len(base), window):
+            out += base[s : s + window] * self.repeats
+        return out
 
     def batches_per_epoch(self) -> int:
         """The same for every epoch: only the order changes, never how the windows are cut."""

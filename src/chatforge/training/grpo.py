@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from chatforge.training.batching import Batches, plan_batches
 from chatforge.training.losses import _parts, final_hidden_states
 from chatforge.training.rewards import Reward, score
 
@@ -311,34 +310,22 @@ class GrpoObjective:
 
 
 @dataclass
-class GrpoBatches(Batches):
-    """Batches of prompt indices; with `num_iterations` > 1 each window of `grad_accum` batches repeats that many
-    times in a row (the epoch's plan is first filled up to a multiple of grad_accum from its start), and `make`
-    reuses the window's samples for the repeats."""
+class WindowReuse:
+    """`Batches.make` for num_iterations > 1: the plan repeats each window of `window` batches `repeats` times in a
+    row (`Batches.repeat_window` / `repeats`); the first pass of a window generates its rollouts and the repeats
+    reuse them, so every iteration optimizes on the same samples."""
 
-    grad_accum: int = 1
-    num_iterations: int = 1
+    rollout: Rollout
+    window: int = 1
+    repeats: int = 1
     _calls: int = 0
     _slots: dict = field(default_factory=dict)
 
-    def plan(self, epoch: int) -> list[list[int]]:
-        base = plan_batches(self.lengths, self.batch_size, self.mode, self.seed, epoch)
-        if self.num_iterations == 1:
-            return base
-        ga = self.grad_accum
-        while len(base) % ga:
-            base = base + base[: ga - len(base) % ga]
-        out: list[list[int]] = []
-        for s in range(0, len(base), ga):
-            out += base[s : s + ga] * self.num_iterations
-        return out
-
-    def draw(self, idx: list[int], rollout: Rollout) -> dict:
-        if self.num_iterations == 1:
-            return rollout.make(idx)
-        ga = self.grad_accum
-        pos = self._calls % (ga * self.num_iterations)
+    def __call__(self, idx: list[int]) -> dict:
+        if self.repeats == 1:
+            return self.rollout.make(idx)
+        pos = self._calls % (self.window * self.repeats)
         self._calls += 1
-        if pos < ga:
-            self._slots[pos] = rollout.make(idx)
-        return self._slots[pos % ga]
+        if pos < self.window:
+            self._slots[pos] = self.rollout.make(idx)
+        return self._slots[pos % self.window]

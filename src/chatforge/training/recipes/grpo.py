@@ -25,7 +25,8 @@ from collections import Counter
 import torch
 
 from chatforge.errors import ChatforgeError, NotSupportedError
-from chatforge.training.grpo import GrpoBatches, GrpoObjective, Rollout
+from chatforge.training.batching import Batches
+from chatforge.training.grpo import GrpoObjective, Rollout, WindowReuse
 from chatforge.training.grpo_data import PromptData, encode_prompts, read_prompts
 from chatforge.training.model_setup import check_single_process, prepare_model
 from chatforge.training.rewards import load_rewards
@@ -97,17 +98,17 @@ def run(cfg) -> TrainResult:
             chunk_size=tcfg.loss_chunk_size,
         )
         lengths = [len(p.ids) for p in train]
-        batches = GrpoBatches(
+        batches = Batches(
             units=train,
             lengths=lengths,
             doc_lengths=[[n] * gcfg.num_generations for n in lengths],
             batch_size=tcfg.batch_size,
             mode=tcfg.batching,
             seed=tcfg.seed,
-            make=lambda idx: batches.draw(idx, rollout),
+            make=WindowReuse(rollout, window=tcfg.grad_accum, repeats=gcfg.num_iterations),
             pad_width=lambda n: n,
-            grad_accum=tcfg.grad_accum,
-            num_iterations=gcfg.num_iterations,
+            repeat_window=tcfg.grad_accum,
+            repeats=gcfg.num_iterations,
         )
         order = sorted(range(len(val)), key=lambda i: len(val[i].ids))
         val_batches = [
