@@ -7,12 +7,18 @@ Runs (each: base, base + calibration, SFT, SFT + calibration on the held-out tes
   webqa_qwen      WebQA (Chinese), Qwen2.5-Coder-0.5B-Instruct    examples/refuse/webqa_qwen_sft.yaml
 SmolLM2 is English only, so it runs SQuAD 2.0 alone; the Qwen runs are skipped without --qwen.
 
-One H200 (about 8-10 minutes for all three; model conversion from GGUF once per model included):
+With --grpo each run then continues its SFT adapter with `train.stage: grpo` (examples/refuse/RUN_grpo.yaml: the
+built-in `grounded_qa` reward, beta = 0) on prompts of the converted train split and evaluates that adapter too
+(rows SFT + GRPO, SFT + GRPO + calibration). The converted rows are GRPO prompts as they are: the stage drops the
+final assistant turn, and the reward reads the rows' meta `answerable` / `answers` columns.
+
+One H200 (about 8-10 minutes for all three; model conversion from GGUF once per model included; --grpo adds a
+run sized for up to about 5 minutes, plus one evaluation, per run):
   PYTHONPATH=src python bench/refuse_runs.py --data ../shared/data --smol PATH/SmolLM2-135M-Instruct.Q4_1.gguf \
       --qwen PATH/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --out runs/refuse_bench
 CPU smoke test (tiny model, a few steps, a few items):
   PYTHONPATH=src python bench/refuse_runs.py --data ../shared/data --smol TINY_DIR --qwen TINY_DIR --template chatml \
-      --steps 2 --limit 8 --cpu --out /tmp/refuse_smoke
+      --steps 2 --limit 8 --cpu --out /tmp/refuse_smoke            (add --grpo for the GRPO rows)
 
 Every command and its output go to OUT/logs/; a finished step (its report.json / summary.json exists) is not redone,
 so a cut-off run continues where it stopped, and a re-run rebuilds the table from every finished run. Needs
@@ -38,9 +44,12 @@ from chatforge.io import atomic_write_text  # noqa: E402
 EXAMPLES = ROOT / "examples" / "refuse"
 
 RUNS = {
-    "squad2_smollm2": {"dataset": "squad2", "model": "smol", "config": "squad2_smollm2_sft.yaml"},
-    "squad2_qwen": {"dataset": "squad2", "model": "qwen", "config": "squad2_qwen_sft.yaml"},
-    "webqa_qwen": {"dataset": "webqa", "model": "qwen", "config": "webqa_qwen_sft.yaml"},
+    name: {"dataset": dataset, "model": model, "config": f"{name}_sft.yaml", "grpo_config": f"{name}_grpo.yaml"}
+    for name, dataset, model in (
+        ("squad2_smollm2", "squad2", "smol"),
+        ("squad2_qwen", "squad2", "qwen"),
+        ("webqa_qwen", "webqa", "qwen"),
+    )
 }
 CONVERT = {
     "squad2": ["squad2", "--input", "{data}/squad2/dev-v2.0.json", "--split", "0.75,0.125,0.125", "--hard-negatives"],
@@ -90,13 +99,15 @@ def common(a) -> list[str]:
     return extra
 
 
-def train(name: str, spec: dict, model: str, data: Path, a, out: Path) -> tuple[Path, dict, float]:
+def train(name: str, config: str, model: str, data: Path, a, out: Path, extra: list[str]) -> tuple[Path, dict, float]:
+    """`chatforge train EXAMPLES/config` into OUT/runs/name on data's train/val split (skipped when its
+    summary.json exists); extra: the stage's own overrides. Returns (run folder, summary, seconds)."""
     run_dir = out / "runs" / name
     if (run_dir / "summary.json").is_file():
         return run_dir, json.loads((run_dir / "summary.json").read_text()), 0.0
     args = [
         "train",
-        str(EXAMPLES / spec["config"]),
+        str(EXAMPLES / config),
         f"model.name_or_path={model}",
         f"data.train=[{data / 'train.jsonl'}]",
         f"data.val=[{data / 'val.jsonl'}]",
@@ -108,9 +119,26 @@ def train(name: str, spec: dict, model: str, data: Path, a, out: Path) -> tuple[
     if a.steps:
         args += [f"train.max_steps={a.steps}", f"train.eval_every={max(1, a.steps // 2)}"]
     if a.cpu:
-        args += ["train.precision=fp32", "train.num_threads=1", "train.batch_size=4", "train.eval_batch_size=8"]
-    seconds = chatforge(args, out / "logs" / f"train_{name}.log")
+        args += ["train.precision=fp32", "train.num_threads=1", "train.eval_batch_size=8"]
+    seconds = chatforge(args + extra, out / "logs" / f"train_{name}.log")
     return run_dir, json.loads((run_dir / "summary.json").read_text()), seconds
+
+
+def sft_extra(a) -> list[str]:
+    return ["train.batch_size=4"] if a.cpu else []
+
+
+def grpo_extra(sft_dir: Path, a) -> list[str]:
+    """The GRPO run's overrides: continue the SFT run's adapter; smoke settings shrink prompts and generations."""
+    extra = [f"model.adapter={sft_dir}"]
+    if a.limit:
+        extra.append(f"data.max_samples={a.limit}")  # prompts per file (train and val)
+    if a.steps:
+        # A smoke model samples to the limit every time: short completions keep the step (and validation) cheap.
+        extra += ["grpo.max_new_tokens=8", "grpo.eval_max_new_tokens=8"]
+    if a.cpu:
+        extra.append("train.batch_size=2")  # prompts per micro-batch, each sampled grpo.num_generations times
+    return extra
 
 
 def evaluate(name: str, model: str, adapter: Path | None, data: Path, a, out: Path) -> dict:
@@ -223,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default=None, help="template.name for models without a chat template (tiny models)")
     p.add_argument("--cpu", action="store_true", help="CPU settings: fp32, 1 thread, small batches")
     p.add_argument(
+        "--grpo",
+        action="store_true",
+        help="after SFT, GRPO continuing its adapter (examples/refuse/RUN_grpo.yaml) and its evaluation",
+    )
+    p.add_argument(
         "--convert-only",
         action="store_true",
         help="only convert the data into OUT/data (e.g. here, where jieba is installed) and stop",
@@ -251,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         data = convert(spec["dataset"], a, out)
         base = evaluate(f"{name}_base", model, None, data, a, out)
         rows += rows_of(name, spec, "base", base, None, 0.0)
-        run_dir, summary, train_s = train(name, spec, model, data, a, out)
+        run_dir, summary, train_s = train(name, spec["config"], model, data, a, out, sft_extra(a))
         tuned = evaluate(f"{name}_sft", model, run_dir, data, a, out)
         rows += rows_of(name, spec, "SFT", tuned, summary, train_s)
+        if a.grpo:
+            grpo_dir, grpo_summary, grpo_s = train(
+                f"{name}_grpo", spec["grpo_config"], model, data, a, out, grpo_extra(run_dir, a)
+            )
+            grpo = evaluate(f"{name}_grpo", model, grpo_dir, data, a, out)
+            rows += rows_of(name, spec, "SFT + GRPO", grpo, grpo_summary, grpo_s)
         # Rewritten after every run, so a cut-off bench still leaves the rows it finished.
         atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     total = time.perf_counter() - t0
