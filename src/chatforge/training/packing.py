@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
@@ -114,8 +115,23 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+@cache
+def _compiled_create_block_mask():
+    """`create_block_mask` under torch.compile, built once per process.
+
+    Eager, it materialises the whole (B, T, T) boolean mask every step and then reduces it to blocks; compiled,
+    inductor fuses the mask_mod into that reduction, so the full mask never exists. torch's own `_compile=True` flag
+    does the same (torch 2.13 deprecates it in favour of this), but builds a new wrapper and warns on every call.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
+
+
 def flex_block_mask(document_ids: torch.Tensor):
-    """A FlexAttention BlockMask for causal attention inside each document (build it on the device that trains)."""
+    """A FlexAttention BlockMask for causal attention inside each document (build it on the device that trains).
+
+    On CUDA it is built by a compiled `create_block_mask`; elsewhere (tests, CPU) eagerly, which needs no compiler."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     docs = document_ids
@@ -124,7 +140,8 @@ def flex_block_mask(document_ids: torch.Tensor):
         return (docs[b, q] == docs[b, kv]) & (q >= kv)
 
     b, t = docs.shape
-    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=t, KV_LEN=t, device=docs.device)
+    make = _compiled_create_block_mask() if docs.device.type == "cuda" else create_block_mask
+    return make(mask_mod, B=b, H=None, Q_LEN=t, KV_LEN=t, device=docs.device)
 
 
 def collate(
