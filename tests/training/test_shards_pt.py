@@ -136,3 +136,25 @@ def test_document_mask_false_is_refused_outside_pt_shards(tmp_path):
     cfg = load_train_config(None, ["data.document_mask=false", "train.stage=pt", f"data.shards={tmp_path}"])
     assert cfg.data.document_mask is False
     assert load_train_config(None, []).data.document_mask is True
+
+
+def test_causal_rows_reach_sdpa_without_a_mask(tmp_path, monkeypatch):
+    # With no mask tensor transformers hands SDPA is_causal=True: the flash kernel on CUDA.
+    from transformers import LlamaForCausalLM
+
+    from chatforge.models.tiny import tiny_llama_config
+
+    rows = _rows(tmp_path, document_mask=False)
+    batches = shard_batches(rows, SimpleNamespace(batch_size=2, seed=0), pad_id=0, attention="causal")
+    inputs = attention_inputs(batches.make(batches.plan(0)[0]), "cpu", attention="causal")
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(load_tokenizer(tiny_model_dir(tmp_path)))))
+    model.config._attn_implementation = "sdpa"
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model(input_ids=inputs["input_ids"])
+    assert seen and all(mask is None and causal for mask, causal in seen)
