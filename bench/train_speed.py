@@ -21,6 +21,9 @@ liger_kernel is importable), which reports the median step after two warm-up ste
 50,304), full training at seq 1024 (bs 32) and 2048 (bs 16), default precision (fp32 master + bf16 autocast) and
 `model.dtype=bfloat16`. The peer script has no 124m shape, so it is run unchanged with that shape added to its
 `SHAPES` table (`--peer-shape`, loaded with importlib in a subprocess), `--mode full`, plain and `--liger`.
+`--no-docmask-row` adds, after our default row of each seq, the same shape with `data.document_mask=false` (each row
+one plain causal sample, SDPA `is_causal`): the like-for-like row beside the peer, which attends causally over the
+whole row too.
 
 `--suite padded` compares padded (length-grouped) batches of real Alpaca conversations: ours is `stage: sft` with
 `train.batching=length_grouped`; the reference (`--ref-padded`, in this file) is the stock HF step
@@ -402,6 +405,9 @@ def suite_pretrain124m(a, work: Path) -> list[dict]:
         else:
             base.append("train.num_threads=1")
         rows.append(run_ours(f"ours pt shards seq{seq} bs{batch} (fp32 master)", work, base))
+        if a.no_docmask_row:
+            label = f"ours pt shards seq{seq} bs{batch} (no document mask)"
+            rows.append(run_ours(label, work, base + ["data.document_mask=false"]))
         if not a.tiny and not a.lean:
             rows.append(
                 run_ours(f"ours pt shards seq{seq} bs{batch} (pure bf16)", work, base + ["model.dtype=bfloat16"])
@@ -433,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         help="--suite pretrain124m: only the Liger reference and ours at default precision",
     )
     ap.add_argument("--peer-only", action="store_true", help="--suite pretrain124m: the reference rows alone")
+    ap.add_argument(
+        "--no-docmask-row",
+        action="store_true",
+        help="--suite pretrain124m: also ours with data.document_mask=false (plain causal rows, like the peer)",
+    )
     ap.add_argument("--peer", default="../shared/bench/hf_peft_baseline.py")
     ap.add_argument("--work", default="runs/bench", help="scratch folder for configs, data and run folders")
     ap.add_argument("--out", help="append JSON lines here")
@@ -475,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
     ENV.update(liger=_version("liger_kernel") if a.liger else None, gpu=_gpu_name())
     suites = {"7b": suite_7b, "135m": suite_135m, "padded": suite_padded, "pretrain124m": suite_pretrain124m}
     rows = {**suites, "smoke": suite_smoke}[a.suite](a, work)
-    print(f"\n{'side':5} {'setting':38} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9}  note")
+    print(f"\n{'side':5} {'setting':48} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9}  note")
     for r in rows:
         note = r.get("error", "").strip().splitlines()[-1][:80] if r.get("error") else ""
         if r.get("warmup_s") is not None:
             note = f"warm-up {r['warmup_s']} s, {r.get('compile_steps')} compile steps " + note
         print(
-            f"{r['side']:5} {r['label']:38} {r.get('tok_s') or '':>9} {r.get('mfu') or '':>6} {r.get('peak_GiB') or '':>9}  {note}"
+            f"{r['side']:5} {r['label']:48} {r.get('tok_s') or '':>9} {r.get('mfu') or '':>6} {r.get('peak_GiB') or '':>9}  {note}"
         )
     return 0
 

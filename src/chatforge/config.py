@@ -167,6 +167,14 @@ class DataConfig:
     val_rows: float = field(
         default=0.0, metadata=_help("stage pt with shards: fraction of rows held out for validation", min=0.0, lt=1.0)
     )
+    document_mask: bool = field(
+        default=True,
+        metadata=_help(
+            "stage pt with shards: keep the documents inside a row apart (positions restart, block-diagonal "
+            "attention, no label across an end-of-text); false = each row is one sample with plain causal attention "
+            "and labels across end-of-text, as GPT-2/llm.c pretrain"
+        ),
+    )
     dataset_dir: str | None = field(
         default=None,
         metadata=_help(

@@ -129,7 +129,7 @@ class TrainConfig:
         default="auto",
         metadata={
             "help": "packed rows: 4D block-diagonal mask (any device) or FlexAttention document mask (CUDA); "
-            "auto = flex on CUDA, mask elsewhere"
+            "auto = flex on CUDA, mask elsewhere (pt shards with data.document_mask=false: plain causal, no mask)"
         },
     )
     num_threads: int | None = field(default=None, metadata={"min": 1, "help": "torch CPU threads"})
@@ -285,6 +285,31 @@ class TrainRunConfig:
     rm: RmConfig = field(default_factory=RmConfig)  # stage rm
     kto: KtoConfig = field(default_factory=KtoConfig)  # stage kto
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def check_config(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.data.document_mask:
+            # Only shard rows span several documents: pt on files cuts each document into its own blocks and sft
+            # packing must keep its samples apart, so there is nothing the switch could turn off anywhere else.
+            if self.train.stage != "pt" or not self.data.shards:
+                problems.append(
+                    (
+                        "data.document_mask",
+                        f"false applies only to train.stage=pt with data.shards (got train.stage={self.train.stage}"
+                        f"{'' if self.data.shards else ', no data.shards'}); leave it true",
+                    )
+                )
+            elif self.train.attention != "auto":
+                # Rows without document masking use plain causal attention (SDPA is_causal); neither a 4D mask nor
+                # a FlexAttention BlockMask has anything to keep apart.
+                problems.append(
+                    (
+                        "train.attention",
+                        f"{self.train.attention} keeps documents apart, but data.document_mask=false trains each row "
+                        "with plain causal attention: leave train.attention=auto",
+                    )
+                )
+        return problems
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainRunConfig:

@@ -35,7 +35,7 @@ class TrainModel:
     device: torch.device
     trainable: TrainableSummary
     speedups: list[str]
-    attention: str  # mask | flex: how packed rows keep their samples apart
+    attention: str  # mask | flex: how packed rows keep their samples apart; causal: rows are one sample (no mask)
     precision: str  # fp32 | bf16 (autocast), resolved from train.precision
     pad_multiple: int  # padded batches round their length up to this
     hooks: StepHooks | None = None  # loop work of the fine-tuning method (AdaLoRA), see adapters.StepHooks
@@ -141,6 +141,11 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
     speedups = apply_speedups(model, speed)
     # FlexAttention keeps packed samples apart without materialising a (rows x len x len) mask; CUDA only.
     attention = tcfg.attention if tcfg.batching == "packed" else "mask"
+    if tcfg.stage == "pt" and cfg.data.shards and not cfg.data.document_mask:
+        # Shard rows without document masking are one sample each: no mask tensor, so SDPA keeps its is_causal
+        # (flash) kernel; FlexAttention would only add a BlockMask per step. The config refuses any other
+        # train.attention than auto here.
+        attention = "causal"
     if attention == "auto":  # a 4D mask forces SDPA off its fast kernels; FlexAttention skips the masked blocks
         attention = "flex" if parts.device.type == "cuda" else "mask"
     if attention == "flex":

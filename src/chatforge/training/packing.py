@@ -8,13 +8,16 @@ trained to predict it (HF causal-LM losses shift labels by one, so `labels[t]` i
 Attention is expressed either as a 4D boolean mask (`attention="mask"`: works with SDPA and eager-free paths on CPU and
 GPU, O(T^2) memory per row) or as a FlexAttention `BlockMask` (`attention="flex"`: the model must use
 `attn_implementation="flex_attention"`; fully masked blocks are skipped, which is what makes short samples cheap on
-GPU). Transformers passes any 4D mask or BlockMask through unchanged, so the stock model code applies it.
+GPU). Transformers passes any 4D mask or BlockMask through unchanged, so the stock model code applies it. A row that
+is one sample (pretraining shards with `data.document_mask: false`) takes `attention="causal"`: no mask at all, so
+SDPA runs its `is_causal` (flash) kernel.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
@@ -114,8 +117,23 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+@cache
+def _compiled_create_block_mask():
+    """`create_block_mask` under torch.compile, built once per process.
+
+    Eager, it materialises the whole (B, T, T) boolean mask every step and then reduces it to blocks; compiled,
+    inductor fuses the mask_mod into that reduction, so the full mask never exists. torch's own `_compile=True` flag
+    does the same (torch 2.13 deprecates it in favour of this), but builds a new wrapper and warns on every call.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
+
+
 def flex_block_mask(document_ids: torch.Tensor):
-    """A FlexAttention BlockMask for causal attention inside each document (build it on the device that trains)."""
+    """A FlexAttention BlockMask for causal attention inside each document (build it on the device that trains).
+
+    On CUDA it is built by a compiled `create_block_mask`; elsewhere (tests, CPU) eagerly, which needs no compiler."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     docs = document_ids
@@ -124,7 +142,8 @@ def flex_block_mask(document_ids: torch.Tensor):
         return (docs[b, q] == docs[b, kv]) & (q >= kv)
 
     b, t = docs.shape
-    return create_block_mask(mask_mod, B=b, H=None, Q_LEN=t, KV_LEN=t, device=docs.device)
+    make = _compiled_create_block_mask() if docs.device.type == "cuda" else create_block_mask
+    return make(mask_mod, B=b, H=None, Q_LEN=t, KV_LEN=t, device=docs.device)
 
 
 def collate(
@@ -134,15 +153,19 @@ def collate(
 
     attention="mask": a 4D boolean block-diagonal causal mask (CPU, SDPA). attention="flex": no mask here; call
     `flex_block_mask(batch["document_ids"].to(device))` on the training device (see `attention_inputs`).
+    attention="causal": rows of one full-width sample each (no padding), no mask: plain causal attention.
     `pad_to` fixes the row width (e.g. max_length, or a multiple of 64) so compiled kernels see one shape.
     """
-    if attention not in ("mask", "flex"):
-        raise ValueError(f"attention must be 'mask' or 'flex', not {attention!r}")
+    if attention not in ("mask", "flex", "causal"):
+        raise ValueError(f"attention must be 'mask', 'flex' or 'causal', not {attention!r}")
     if not rows:
         raise ValueError("collate needs at least one row")
     width = max(len(r) for r in rows)
     if pad_to is not None:
         width = max(width, pad_to)
+    if attention == "causal" and any(len(r.lengths) != 1 or len(r) != width for r in rows):
+        # Without a mask every token attends to all before it: a second sample or padding would leak into it.
+        raise ValueError("attention='causal' needs rows of one sample each, all of the same width (no padding)")
     parts = [_row_tensors(r, width, pad_id, 0) for r in rows]
     batch = {
         "input_ids": torch.stack([p[0] for p in parts]),
@@ -157,7 +180,10 @@ def collate(
 
 def attention_inputs(batch: dict[str, torch.Tensor], device: torch.device | str, *, attention: str = "mask") -> dict:
     """Moves a collated batch to `device` and returns the kwargs for the model / `trained_token_loss`."""
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "document_ids"}
+    # "causal" rows also drop position_ids: they are 0..T-1, the model's default, and given explicitly transformers
+    # scans them for packed sequences every step (a device-to-host sync, and a mask under whole-model compile).
+    drop = ("document_ids", "position_ids") if attention == "causal" else ("document_ids",)
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in drop}
     if attention == "flex":
         out["attention_mask"] = flex_block_mask(batch["document_ids"].to(device, non_blocking=True))
     return out

@@ -1,8 +1,9 @@
 """`train.stage: pt`: (continued) pretraining on raw text: every token trains.
 
 With `data.shards` (a folder from `chatforge data tokenize`) rows of `data.max_length` tokens stream from memory-
-mapped shards (`training.shard_data`; `data.val_rows` holds a fraction out for validation). Otherwise documents (`.txt` paragraphs, `{"text": ...}` records; conversations as their plain text) are encoded as text + EOS
-and cut into `data.max_length` blocks. Everything else (method, batching, precision, speed switches, validation,
+mapped shards (`training.shard_data`; `data.val_rows` holds a fraction out for validation; `data.document_mask: false`
+trains each row as one causal sample). Otherwise documents (`.txt` paragraphs, `{"text": ...}` records; conversations
+as their plain text) are encoded as text + EOS and cut into `data.max_length` blocks. Everything else (method, batching, precision, speed switches, validation,
 checkpoints and resume) works and is configured as for `sft` (see `recipes.sft`); `model.init` trains from scratch.
 """
 
@@ -46,7 +47,7 @@ def _run_on_shards(cfg, folder) -> TrainResult:
 
     dataset = ShardDataset(cfg.data.shards, val_rows=cfg.data.val_rows)
     dataset.check_tokenizer(load_tokenizer(cfg.model.tokenizer))  # before the model loads and markers are added
-    rows = ShardRows(dataset, cfg.data.max_length)
+    rows = ShardRows(dataset, cfg.data.max_length, document_mask=cfg.data.document_mask)
     tm = prepare_model(cfg)
     pad_id = tm.tokenizer.pad_token_id
     batches = shard_batches(rows, cfg.train, pad_id=pad_id, attention=tm.attention)
