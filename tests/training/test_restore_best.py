@@ -133,8 +133,10 @@ def test_refuse_examples_load_and_restore_best():
     from chatforge.training.config import load_train_config
 
     configs = sorted((Path(__file__).resolve().parents[2] / "examples" / "refuse").glob("*.yaml"))
-    assert len(configs) == 3
+    # an SFT and a GRPO config for each of the three runs of bench/refuse_runs.py
+    assert {p.name.rsplit("_", 1)[1] for p in configs} == {"sft.yaml", "grpo.yaml"} and len(configs) == 6
     for path in configs:
         assert path.read_text().startswith("# chatforge data convert "), path.name
         cfg = load_train_config(path)
         assert cfg.train.restore_best and cfg.peft.finetuning == "lora" and cfg.data.val, path.name
+        assert cfg.train.stage == path.stem.rsplit("_", 1)[1], path.name
