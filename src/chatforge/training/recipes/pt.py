@@ -3,8 +3,9 @@
 With `data.shards` (a folder from `chatforge data tokenize`) rows of `data.max_length` tokens stream from memory-
 mapped shards (`training.shard_data`; `data.val_rows` holds a fraction out for validation; `data.document_mask: false`
 trains each row as one causal sample). Otherwise documents (`.txt` paragraphs, `{"text": ...}` records; conversations
-as their plain text) are encoded as text + EOS and cut into `data.max_length` blocks. Everything else (method, batching, precision, speed switches, validation,
-checkpoints and resume) works and is configured as for `sft` (see `recipes.sft`); `model.init` trains from scratch.
+as their plain text) are encoded as text + EOS and cut into `data.max_length` blocks. Everything else (method,
+batching, precision, speed switches, validation, checkpoints and resume) works and is configured as for `sft` (see
+`recipes.sft`); `model.init` trains from scratch.
 """
 
 from __future__ import annotations
