@@ -57,3 +57,24 @@ def test_padded_batches_compile_once_and_report_steady_speed(tmp_path):
     assert s["steady_steps"] >= 10 and s["steady_tok_per_s"] > 0
     assert s["peak_gpu_memory_gib"] > 0
     assert s["mfu"] is None or 0 < s["mfu"] < 1
+
+
+def test_training_keeps_masked_attention_backward_finite(tmp_path):
+    """pytorch/pytorch#196678: cuDNN's masked SDPA backward gives NaN dQ at lengths 64 mod 128 when every score
+    is very negative; after prepare_model the backend choice must avoid it."""
+    import math
+
+    import torch.nn.functional as F
+
+    prepare_model(run_config(tmp_path, "model.device=cuda"))
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    torch.manual_seed(0)
+    length, dim = 704, 64
+    q = torch.randn(1, 1, length, dim, device="cuda", dtype=torch.bfloat16) * 0.1
+    k = torch.randn(1, 1, length, dim, device="cuda", dtype=torch.bfloat16) * 0.1
+    v = torch.randn(1, 1, length, dim, device="cuda", dtype=torch.bfloat16)
+    q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(dim)  # every score about -120: logsumexp below -88.7
+    q.requires_grad_()
+    mask = torch.ones(length, length, dtype=torch.bool, device="cuda").tril()[None, None]
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(torch.randn(1, 1, length, dim, device="cuda"))
+    assert torch.isfinite(q.grad).all()

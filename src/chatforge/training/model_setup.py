@@ -74,6 +74,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cuda_bf16 else "fp32"
 
 
+def avoid_cudnn_attention_backward() -> None:
+    """Keep SDPA off its cuDNN kernel for the rest of the process (flash / memory-efficient take over).
+
+    cuDNN's SDPA backward on Hopper (the default backend since torch 2.11) returns NaN in dQ when an explicit
+    attention mask is passed, the length is 64 mod 128 and a row's logsumexp is below ln(FLT_MAX) of -88.7
+    (pytorch/pytorch#196678). Qwen2.5's massive-activation heads produce such rows, and padded batches (rounded up
+    to multiples of 64) hit those lengths: LoRA SFT of Qwen2.5-0.5B stopped at step 2-4 with a NaN gradient norm on an
+    H200. The forward is not affected, so inference keeps the default choice."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
     """Assemble the model for training and apply `peft`, checkpointing, speedups and the attention choice.
 
@@ -132,6 +143,8 @@ def prepare_model(cfg, *, head: str | None = None) -> TrainModel:
             if p.requires_grad and p.dtype != torch.float32 and ".score." in f".{name}":
                 p.data = p.data.float()
     model.to(parts.device)
+    if parts.device.type == "cuda":
+        avoid_cudnn_attention_backward()
     speed = SpeedConfig(
         liger=tcfg.liger,
         compile_layers=tcfg.compile_layers,
