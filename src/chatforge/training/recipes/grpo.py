@@ -98,6 +98,8 @@ def run(cfg) -> TrainResult:
             chunk_size=tcfg.loss_chunk_size,
         )
         lengths = [len(p.ids) for p in train]
+        # One window definition for both sides: the plan repeats each window and the maker reuses its rollouts.
+        reuse = WindowReuse(rollout, window=tcfg.grad_accum, repeats=gcfg.num_iterations)
         batches = Batches(
             units=train,
             lengths=lengths,
@@ -105,10 +107,10 @@ def run(cfg) -> TrainResult:
             batch_size=tcfg.batch_size,
             mode=tcfg.batching,
             seed=tcfg.seed,
-            make=WindowReuse(rollout, window=tcfg.grad_accum, repeats=gcfg.num_iterations),
+            make=reuse,
             pad_width=lambda n: n,
-            repeat_window=tcfg.grad_accum,
-            repeats=gcfg.num_iterations,
+            repeat_window=reuse.window,
+            repeats=reuse.repeats,
         )
         order = sorted(range(len(val)), key=lambda i: len(val[i].ids))
         val_batches = [
