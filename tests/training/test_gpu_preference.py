@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def _cfg(tmp: Path, stage: str, *overrides: str):
+    tmp.mkdir(parents=True, exist_ok=True)  # callers pass a fresh subfolder per device
     if stage == "rm":
         data = write_scored_pairs(tmp / "pairs.jsonl", 64, 0)
     else:
