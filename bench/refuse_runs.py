@@ -138,7 +138,7 @@ def grpo_extra(sft_dir: Path, a) -> list[str]:
         extra += ["grpo.max_new_tokens=8", "grpo.eval_max_new_tokens=8"]
     if a.cpu:
         extra.append("train.batch_size=2")  # prompts per micro-batch, each sampled grpo.num_generations times
-    return extra
+    return extra + list(a.grpo_set)  # the user's overrides last: they win
 
 
 def evaluate(name: str, model: str, adapter: Path | None, data: Path, a, out: Path) -> dict:
@@ -256,11 +256,22 @@ def main(argv: list[str] | None = None) -> int:
         help="after SFT, GRPO continuing its adapter (examples/refuse/RUN_grpo.yaml) and its evaluation",
     )
     p.add_argument(
+        "--grpo-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every GRPO training (repeatable), e.g. train.gradient_checkpointing=true where the GPU "
+        "is shared (the Qwen GRPO micro-batch of 16 x 8 completions peaked at 113 GiB without it)",
+    )
+    p.add_argument(
         "--convert-only",
         action="store_true",
         help="only convert the data into OUT/data (e.g. here, where jieba is installed) and stop",
     )
     a = p.parse_args(argv)
+    bad = [item for item in a.grpo_set if "=" not in item or item.startswith("=")]
+    if bad:
+        p.error(f"--grpo-set expects KEY=VALUE (e.g. train.gradient_checkpointing=true), got {', '.join(bad)}")
     out = Path(a.out).resolve()
     a.data = str(Path(a.data).resolve())
     models = {"smol": a.smol, "qwen": a.qwen}

@@ -309,3 +309,16 @@ def test_grounded_qa_reward_wants_a_refusal_exactly_when_unanswerable(tmp_path):
     assert grounded_qa(["q"], ["Sorry, the context doesn't contain that information."], answer=[None]) == [1.0]
     with pytest.raises(ChatforgeError, match="grounded_qa needs"):
         grounded_qa(["q"], ["a"])
+
+
+def test_gradient_checkpointing_keeps_the_losses(tmp_path):
+    """The memory switch for large rollout batches (bench/refuse_runs.py --grpo-set train.gradient_checkpointing=true)
+    recomputes activations in the backward; the samples, losses and updates stay the same."""
+    common = ("grpo.beta=0.1", "train.max_steps=3", "train.learning_rate=5e-3", "peft.dropout=0")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    plain = losses(train(_grpo_config(tmp_path / "plain", *common)).output_dir)
+    ckpt = losses(train(_grpo_config(tmp_path / "ckpt", *common, "train.gradient_checkpointing=true")).output_dir)
+    assert plain.keys() == ckpt.keys() and len(plain) == 3
+    for step in plain:
+        assert abs(plain[step] - ckpt[step]) < 1e-5, (step, plain[step], ckpt[step])
