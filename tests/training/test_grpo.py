@@ -118,6 +118,7 @@ def _reward_file(tmp: Path) -> Path:
 
 
 def _grpo_config(tmp: Path, *overrides: str):
+    tmp.mkdir(parents=True, exist_ok=True)  # callers may pass a fresh subfolder per run
     return run_config(
         tmp,
         "train.stage=grpo",
@@ -315,8 +316,6 @@ def test_gradient_checkpointing_keeps_the_losses(tmp_path):
     """The memory switch for large rollout batches (bench/refuse_runs.py --grpo-set train.gradient_checkpointing=true)
     recomputes activations in the backward; the samples, losses and updates stay the same."""
     common = ("grpo.beta=0.1", "train.max_steps=3", "train.learning_rate=5e-3", "peft.dropout=0")
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "ckpt").mkdir()
     plain = losses(train(_grpo_config(tmp_path / "plain", *common)).output_dir)
     ckpt = losses(train(_grpo_config(tmp_path / "ckpt", *common, "train.gradient_checkpointing=true")).output_dir)
     assert plain.keys() == ckpt.keys() and len(plain) == 3
