@@ -298,5 +298,5 @@ class Throughput:
             warmup_steps=self.warmup_steps,
             warmup_s=round(self.warmup_time, 3),
             compile_steps=self.compile_steps,
-            mfu=round(mfu, 4) if mfu is not None else None,
+            mfu=float(f"{mfu:.4g}") if mfu is not None else None,  # significant figures: tiny models stay > 0
         )
