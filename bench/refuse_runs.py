@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's chatforge, also without PYTHONPATH
 
+from chatforge.config import parse_overrides  # noqa: E402
 from chatforge.io import atomic_write_text  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "refuse"
@@ -269,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         help="only convert the data into OUT/data (e.g. here, where jieba is installed) and stop",
     )
     a = p.parse_args(argv)
-    bad = [item for item in a.grpo_set if "=" not in item or item.startswith("=")]
-    if bad:
-        p.error(f"--grpo-set expects KEY=VALUE (e.g. train.gradient_checkpointing=true), got {', '.join(bad)}")
+    _, problems = parse_overrides(a.grpo_set)  # the syntax check chatforge train applies, before any run starts
+    if problems:
+        p.error("--grpo-set: " + "; ".join(message for _, message in problems))
     out = Path(a.out).resolve()
     a.data = str(Path(a.data).resolve())
     models = {"smol": a.smol, "qwen": a.qwen}
